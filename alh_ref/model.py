@@ -1,0 +1,415 @@
+"""The base language model: a GPT-2-style pre-LayerNorm transformer composed from alh_ref.ops.
+
+    h = wte[x] + wpe[0..T-1]
+    for l in 0..L-1:   a = h + Attn(LN1(h));   h = a + MLP(LN2(a))
+    z = LN_f(h);   logits = z @ wte^T  (tied; or z @ lm_head.w);   loss = mean CE(logits, y)
+
+The model is split at the two places the ALH hypernetwork needs to reach in (docs/alh.md):
+the token latents ``tok = wte[x]`` that enter the body, and the final hidden state ``z`` that meets
+the (tied) output dictionary. So there are four stages, each with forward and backward:
+
+    tok, c = embed_forward(params, x)          # latents looked up for the input
+    z, c   = body_forward(params, cfg, tok)    # + positions, L blocks, final LayerNorm
+    logits, c = head_forward(params, cfg, z)   # z @ wte^T
+    loss, c = softmax_cross_entropy_forward(logits, y)
+
+and :func:`gpt_forward` / :func:`gpt_backward` compose them. Parameters are a plain ``dict`` from
+GPT-2-style names to arrays; :func:`param_shapes` is the one ordered name list that init, the
+optimizer, gradient checks, checkpoints and golden bundles all walk. Derivation: docs/model.md.
+"""
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import InputError
+from .ops import (attention_backward, attention_forward, embedding_backward, embedding_forward,
+                  gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_backward,
+                  linear_forward, softmax_cross_entropy_backward, softmax_cross_entropy_forward)
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Shape of the base model.
+
+    vocab_size V, block_size (max T), n_layer L, n_head NH, n_embd C (C % NH == 0),
+    tied: logits use wte^T (True) or a separate lm_head.w of shape (C, V) (False).
+    """
+
+    vocab_size: int = 512
+    block_size: int = 64
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    tied: bool = True
+
+    def __post_init__(self):
+        for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
+                raise InputError(f"GPTConfig.{k} = {getattr(self, k)!r}; expected a positive integer")
+        if self.n_embd % self.n_head:
+            raise InputError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}; expected C % NH == 0")
+
+    def to_dict(self):
+        return asdict(self)
+
+
+# Configs of the benchmarks (issue 2) and of the tests.
+CONFIGS = {
+    "tiny": GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=64),
+    "small": GPTConfig(vocab_size=2048, block_size=128, n_layer=4, n_head=4, n_embd=128),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters: one ordered name list
+
+def param_shapes(cfg):
+    """Ordered ``{name: shape}`` of every parameter (GPT-2 names, weights oriented (in, out)).
+
+    Parameters
+    ----------
+    cfg : GPTConfig
+
+    Returns
+    -------
+    dict[str, tuple]  wte (V,C), wpe (T,C), h.{l}.ln_1.{w,b} (C,), h.{l}.attn.c_attn.w (C,3C),
+        .b (3C,), h.{l}.attn.c_proj.w (C,C), .b (C,), h.{l}.ln_2.{w,b} (C,), h.{l}.mlp.c_fc.w (C,4C),
+        .b (4C,), h.{l}.mlp.c_proj.w (4C,C), .b (C,), ln_f.{w,b} (C,), [lm_head.w (C,V) if untied]
+    """
+    V, T, C = cfg.vocab_size, cfg.block_size, cfg.n_embd
+    s = {"wte": (V, C), "wpe": (T, C)}
+    for l in range(cfg.n_layer):
+        p = f"h.{l}."
+        s.update({
+            p + "ln_1.w": (C,), p + "ln_1.b": (C,),
+            p + "attn.c_attn.w": (C, 3 * C), p + "attn.c_attn.b": (3 * C,),
+            p + "attn.c_proj.w": (C, C), p + "attn.c_proj.b": (C,),
+            p + "ln_2.w": (C,), p + "ln_2.b": (C,),
+            p + "mlp.c_fc.w": (C, 4 * C), p + "mlp.c_fc.b": (4 * C,),
+            p + "mlp.c_proj.w": (4 * C, C), p + "mlp.c_proj.b": (C,),
+        })
+    s.update({"ln_f.w": (C,), "ln_f.b": (C,)})
+    if not cfg.tied:
+        s["lm_head.w"] = (C, V)
+    return s
+
+
+def init_params(cfg, seed=0, dtype=np.float32):
+    """GPT-2 initialisation, reproducible across machines.
+
+    One ``np.random.default_rng(seed)`` (PCG64) draws standard normals in float64, tensor by tensor
+    in :func:`param_shapes` order (LayerNorms and biases draw nothing), then scales and casts:
+    weights N(0, 0.02^2); the two c_proj weights N(0, (0.02/sqrt(2L))^2); biases 0; LayerNorm w 1, b 0.
+
+    Returns
+    -------
+    dict[str, ndarray]   every tensor C-contiguous, of ``dtype``
+    """
+    rng = np.random.default_rng(seed)
+    proj_std = 0.02 / np.sqrt(2 * cfg.n_layer)
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        if name.endswith(("ln_1.w", "ln_2.w", "ln_f.w")):
+            params[name] = np.ones(shape, dtype=dtype)                      # (C,)
+        elif name.endswith((".b",)):
+            params[name] = np.zeros(shape, dtype=dtype)                     # (C,) / (3C,) / (4C,)
+        else:
+            std = proj_std if name.endswith("c_proj.w") else 0.02
+            params[name] = (std * rng.standard_normal(shape)).astype(dtype)  # shape
+    return params
+
+
+def decayed(name):
+    """True for the parameters AdamW decays: the 2-D weight matrices.
+
+    As in nanoGPT, every parameter with 2 dimensions is decayed (the linear weights, wte, wpe and
+    lm_head.w); biases and LayerNorm gains/biases are not.
+    """
+    return not (name.endswith(".b") or name.endswith(("ln_1.w", "ln_2.w", "ln_f.w")))
+
+
+def count_params(params, names=None):
+    """Number of scalars in ``params`` (restricted to ``names`` if given)."""
+    return int(sum(params[n].size for n in (params if names is None else names)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Input validation at the API boundary
+
+def check_ids(ids, V, name="ids", max_T=None):
+    """Raise InputError unless ``ids`` is a 2-D integer array with values in [0, V)."""
+    if not isinstance(ids, np.ndarray):
+        raise InputError(f"{name} must be a numpy array of shape (B,T); got {type(ids).__name__}")
+    if ids.ndim != 2:
+        raise InputError(f"{name} has shape {ids.shape}; expected a 2-D array (B,T)")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise InputError(f"{name} has dtype {ids.dtype}; expected an integer dtype")
+    if ids.size and (ids.min() < 0 or ids.max() >= V):
+        bad = ids[(ids < 0) | (ids >= V)].flat[0]
+        raise InputError(f"{name} contains token id {int(bad)} outside the vocabulary; expected ids in [0, {V})")
+    if max_T is not None and ids.shape[1] > max_T:
+        raise InputError(f"{name} has T={ids.shape[1]} positions; the model's block_size is {max_T}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1: token latents
+
+def embed_forward(params, ids):
+    """Look up the token latents.
+
+    Parameters
+    ----------
+    params : dict with "wte" (V,C)
+    ids : ndarray (B,T) int
+
+    Returns
+    -------
+    tok : ndarray (B,T,C)    tok[b,t] = wte[ids[b,t]]
+    cache : embedding cache (ids, V)
+    """
+    return embedding_forward(ids, params["wte"])  # (B,T) -> (B,T,C)
+
+
+def embed_backward(dtok, cache):
+    """dwte (V,C) = scatter-add of dtok (B,T,C) into the rows named by ids (see ops.embedding)."""
+    return embedding_backward(dtok, cache)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2: the body (positions, blocks, final LayerNorm)
+
+def block_forward(params, l, h, NH):
+    """One pre-LayerNorm transformer block.
+
+    Parameters
+    ----------
+    params : dict of named arrays;  l : int block index;  h : ndarray (B,T,C) residual stream
+    NH : int heads
+
+    Returns
+    -------
+    h_out : ndarray (B,T,C)   a = h + c_proj(Attn(c_attn(LN1(h))));  h_out = a + c_proj(GELU(c_fc(LN2(a))))
+    cache : tuple of the sub-layer caches
+    """
+    p = f"h.{l}."
+    x1, c_ln1 = layernorm_forward(h, params[p + "ln_1.w"], params[p + "ln_1.b"])                # (B,T,C)
+    qkv, c_qkv = linear_forward(x1, params[p + "attn.c_attn.w"], params[p + "attn.c_attn.b"])   # (B,T,C) -> (B,T,3C)
+    y, c_att = attention_forward(qkv, NH)                                                       # (B,T,3C) -> (B,T,C)
+    ao, c_ao = linear_forward(y, params[p + "attn.c_proj.w"], params[p + "attn.c_proj.b"])      # (B,T,C) -> (B,T,C)
+    a = h + ao                                                                                  # (B,T,C)
+    x2, c_ln2 = layernorm_forward(a, params[p + "ln_2.w"], params[p + "ln_2.b"])                # (B,T,C)
+    f, c_fc = linear_forward(x2, params[p + "mlp.c_fc.w"], params[p + "mlp.c_fc.b"])            # (B,T,C) -> (B,T,4C)
+    g, c_g = gelu_forward(f)                                                                    # (B,T,4C)
+    mo, c_mo = linear_forward(g, params[p + "mlp.c_proj.w"], params[p + "mlp.c_proj.b"])        # (B,T,4C) -> (B,T,C)
+    h_out = a + mo                                                                              # (B,T,C)
+    return h_out, (c_ln1, c_qkv, c_att, c_ao, c_ln2, c_fc, c_g, c_mo)
+
+
+def block_backward(dh_out, cache, l, grads, frozen=frozenset()):
+    """Backward of :func:`block_forward`; writes the block's parameter gradients into ``grads``.
+
+    Parameters
+    ----------
+    dh_out : ndarray (B,T,C)   dL/dh_out
+    cache : from block_forward;  l : int block index
+    grads : dict to fill with name -> gradient (same shape as the parameter)
+    frozen : set of names whose gradients are not computed (the matmul dW is skipped, not discarded)
+
+    Returns
+    -------
+    dh : ndarray (B,T,C)   dL/dh (through both residual branches)
+    """
+    c_ln1, c_qkv, c_att, c_ao, c_ln2, c_fc, c_g, c_mo = cache
+    p = f"h.{l}."
+
+    def put(name, dw, db):
+        if dw is not None:
+            grads[p + name + ".w"], grads[p + name + ".b"] = dw, db
+
+    # h_out = a + mo
+    dmo = dh_out                                                                                # (B,T,C)
+    dg, dw, db = linear_backward(dmo, c_mo, need_dw=p + "mlp.c_proj.w" not in frozen)           # (B,T,C) -> (B,T,4C)
+    put("mlp.c_proj", dw, db)
+    df = gelu_backward(dg, c_g)                                                                 # (B,T,4C)
+    dx2, dw, db = linear_backward(df, c_fc, need_dw=p + "mlp.c_fc.w" not in frozen)             # (B,T,4C) -> (B,T,C)
+    put("mlp.c_fc", dw, db)
+    da, dw, db = layernorm_backward(dx2, c_ln2, need_dw=p + "ln_2.w" not in frozen)             # (B,T,C)
+    put("ln_2", dw, db)
+    da += dh_out                                                                                # residual: h_out = a + mo
+    # a = h + ao
+    dy, dw, db = linear_backward(da, c_ao, need_dw=p + "attn.c_proj.w" not in frozen)           # (B,T,C) -> (B,T,C)
+    put("attn.c_proj", dw, db)
+    dqkv = attention_backward(dy, c_att)                                                        # (B,T,C) -> (B,T,3C)
+    dx1, dw, db = linear_backward(dqkv, c_qkv, need_dw=p + "attn.c_attn.w" not in frozen)       # (B,T,3C) -> (B,T,C)
+    put("attn.c_attn", dw, db)
+    dh, dw, db = layernorm_backward(dx1, c_ln1, need_dw=p + "ln_1.w" not in frozen)             # (B,T,C)
+    put("ln_1", dw, db)
+    dh += da                                                                                    # residual: a = h + ao
+    return dh
+
+
+def body_forward(params, cfg, tok):
+    """Positions, L blocks and the final LayerNorm, from token latents to the final hidden state.
+
+    Parameters
+    ----------
+    params : dict;  cfg : GPTConfig
+    tok : ndarray (B,T,C)   token latents (wte[x], or ALH's transformed latents)
+
+    Returns
+    -------
+    z : ndarray (B,T,C)     z = LN_f(blocks(tok + wpe[0..T-1]))
+    cache : tuple
+    """
+    T = tok.shape[1]
+    h = tok + params["wpe"][:T]                                                                 # (B,T,C) + (T,C)
+    caches = []
+    for l in range(cfg.n_layer):
+        h, c = block_forward(params, l, h, cfg.n_head)                                          # (B,T,C)
+        caches.append(c)
+    z, c_lnf = layernorm_forward(h, params["ln_f.w"], params["ln_f.b"])                         # (B,T,C)
+    return z, (caches, c_lnf, T)
+
+
+def body_backward(dz, cache, cfg, grads, frozen=frozenset()):
+    """Backward of :func:`body_forward`.
+
+    Parameters
+    ----------
+    dz : ndarray (B,T,C)   dL/dz
+    cache : from body_forward;  cfg : GPTConfig
+    grads : dict filled with the gradients of wpe, every block parameter and ln_f (unless frozen)
+    frozen : set of parameter names to skip
+
+    Returns
+    -------
+    dtok : ndarray (B,T,C)   dL/dtok, the gradient with respect to the input latents
+    """
+    caches, c_lnf, T = cache
+    dh, dw, db = layernorm_backward(dz, c_lnf, need_dw="ln_f.w" not in frozen)                  # (B,T,C)
+    if dw is not None:
+        grads["ln_f.w"], grads["ln_f.b"] = dw, db
+    for l in reversed(range(cfg.n_layer)):
+        dh = block_backward(dh, caches[l], l, grads, frozen)                                    # (B,T,C)
+    if "wpe" not in frozen:
+        dwpe = np.zeros((cfg.block_size, dh.shape[-1]), dtype=dh.dtype)                         # (Tmax,C)
+        dwpe[:T] = dh.sum(axis=0)                                                               # (B,T,C) -> (T,C); inverts + wpe[:T]
+        grads["wpe"] = dwpe
+    return dh                                                                                   # h = tok + wpe: dtok = dh
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 3: the output head
+
+def head_forward(params, cfg, z):
+    """Logits against the output dictionary.
+
+    Parameters
+    ----------
+    z : ndarray (B,T,C)
+
+    Returns
+    -------
+    logits : ndarray (B,T,V)   logits = z @ wte^T (tied) or z @ lm_head.w
+    cache : tuple (z, name of the dictionary)
+    """
+    if cfg.tied:
+        logits = z @ params["wte"].T                                                            # (B,T,C) @ (C,V) -> (B,T,V)
+        return logits, (z, "wte")
+    logits = z @ params["lm_head.w"]                                                            # (B,T,C) @ (C,V) -> (B,T,V)
+    return logits, (z, "lm_head.w")
+
+
+def head_backward(dlogits, cache, params, grads, frozen=frozenset()):
+    """Backward of :func:`head_forward`.
+
+    Parameters
+    ----------
+    dlogits : ndarray (B,T,V)
+    grads : dict; the dictionary's gradient is *added* to grads[name] if present (wte is shared
+        with the input lookup), else stored.
+
+    Returns
+    -------
+    dz : ndarray (B,T,C)   dz = dlogits @ wte (tied) or dlogits @ lm_head.w^T
+    """
+    z, name = cache
+    W = params[name]
+    V = dlogits.shape[-1]
+    d2 = dlogits.reshape(-1, V)                                                                 # (N,V)
+    if name == "wte":
+        dz = d2 @ W                                                                             # (N,V) @ (V,C) -> (N,C)
+        if name not in frozen:
+            dW = d2.T @ z.reshape(-1, z.shape[-1])                                              # (V,N) @ (N,C) -> (V,C)
+    else:
+        dz = d2 @ W.T                                                                           # (N,V) @ (V,C) -> (N,C)
+        if name not in frozen:
+            dW = z.reshape(-1, z.shape[-1]).T @ d2                                              # (C,N) @ (N,V) -> (C,V)
+    if name not in frozen:
+        grads[name] = grads[name] + dW if name in grads else dW
+    return dz.reshape(z.shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole model
+
+def gpt_forward(params, cfg, ids, targets=None, ignore=None, tok=None):
+    """Full forward pass.
+
+    Parameters
+    ----------
+    params : dict of named arrays (float32 or float64)
+    cfg : GPTConfig
+    ids : ndarray (B,T) int in [0,V)
+    targets : ndarray (B,T) int or None (then no loss)
+    ignore : ndarray (B,T) bool or None   positions left out of the mean loss
+    tok : ndarray (B,T,C) or None         input latents to use instead of wte[ids]
+
+    Returns
+    -------
+    logits : ndarray (B,T,V)
+    loss : scalar or None                  mean over counted positions of -log softmax(logits)[y]
+    cache : tuple
+    """
+    V = cfg.vocab_size
+    check_ids(ids, V, "ids", cfg.block_size)
+    if targets is not None:
+        check_ids(targets, V, "targets")
+        if targets.shape != ids.shape:
+            raise InputError(f"targets has shape {targets.shape}; expected the shape of ids {ids.shape}")
+    c_emb = None
+    if tok is None:
+        tok, c_emb = embed_forward(params, ids)                                                 # (B,T) -> (B,T,C)
+    z, c_body = body_forward(params, cfg, tok)                                                  # (B,T,C)
+    logits, c_head = head_forward(params, cfg, z)                                               # (B,T,V)
+    loss = c_loss = None
+    if targets is not None:
+        ig = None if ignore is None else ignore.reshape(-1)
+        loss, c_loss = softmax_cross_entropy_forward(logits.reshape(-1, V), targets.reshape(-1), ig)
+    return logits, loss, (c_emb, c_body, c_head, c_loss)
+
+
+def gpt_backward(cache, params, cfg, frozen=frozenset(), dloss=1.0):
+    """Full backward pass from the loss.
+
+    Parameters
+    ----------
+    cache : from gpt_forward (called with targets)
+    frozen : set of parameter names whose gradients are skipped (not computed)
+    dloss : float    upstream gradient of the loss
+
+    Returns
+    -------
+    grads : dict name -> ndarray, for every parameter not in ``frozen``
+    dtok : ndarray (B,T,C)   dL/d(input latents) — what an adapter of the latents trains on
+    """
+    c_emb, c_body, c_head, c_loss = cache
+    grads = {}
+    B, T, _ = c_head[0].shape
+    dlogits = softmax_cross_entropy_backward(dloss, c_loss, inplace=True)                       # (N,V)
+    dz = head_backward(dlogits.reshape(B, T, -1), c_head, params, grads, frozen)                # (B,T,V) -> (B,T,C)
+    dtok = body_backward(dz, c_body, cfg, grads, frozen)                                        # (B,T,C)
+    if c_emb is not None and "wte" not in frozen:
+        dwte = embed_backward(dtok, c_emb)                                                      # (B,T,C) -> (V,C)
+        grads["wte"] = grads["wte"] + dwte if "wte" in grads else dwte
+    return grads, dtok

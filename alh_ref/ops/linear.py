@@ -1,0 +1,53 @@
+"""Affine layer y = x @ W + b (weights oriented (in, out), as in GPT-2 checkpoints).
+
+Pure BLAS: no Numba kernel is needed, a matmul is already as fast as this machine allows.
+Derivation: docs/ops/linear.md.
+"""
+import numpy as np
+
+
+def linear_forward(x, w, b=None):
+    """Affine map over the last axis.
+
+    Parameters
+    ----------
+    x : ndarray (..., Cin), float32 or float64
+    w : ndarray (Cin, Cout), same dtype
+    b : ndarray (Cout,) or None
+
+    Returns
+    -------
+    out : ndarray (..., Cout)          out = x @ w + b
+    cache : tuple (x, w)
+    """
+    x2 = x.reshape(-1, x.shape[-1])                      # (...,Cin) -> (N,Cin)
+    out = x2 @ w                                          # (N,Cin) @ (Cin,Cout) -> (N,Cout)
+    if b is not None:
+        out += b                                          # (N,Cout) + (Cout,)
+    return out.reshape(*x.shape[:-1], w.shape[1]), (x, w)  # (N,Cout) -> (...,Cout)
+
+
+def linear_backward(dout, cache, need_dx=True, need_dw=True):
+    """Backward of :func:`linear_forward`.
+
+    Parameters
+    ----------
+    dout : ndarray (..., Cout)   dL/dout
+    cache : tuple (x, w) from the forward
+    need_dx, need_dw : bool      skip work that nobody needs (frozen weights, first layer)
+
+    Returns
+    -------
+    dx : ndarray (..., Cin) or None    dx = dout @ w^T
+    dw : ndarray (Cin, Cout) or None   dw = x^T @ dout   (sum over all leading axes)
+    db : ndarray (Cout,) or None       db = sum of dout over all leading axes
+    """
+    x, w = cache
+    d2 = dout.reshape(-1, dout.shape[-1])                 # (...,Cout) -> (N,Cout)
+    dx = dw = db = None
+    if need_dx:
+        dx = (d2 @ w.T).reshape(x.shape)                  # (N,Cout) @ (Cout,Cin) -> (...,Cin); inverts out = x @ w
+    if need_dw:
+        dw = x.reshape(-1, x.shape[-1]).T @ d2            # (Cin,N) @ (N,Cout) -> (Cin,Cout)
+        db = d2.sum(axis=0)                               # (N,Cout) -> (Cout,); inverts out += b
+    return dx, dw, db

@@ -1,0 +1,125 @@
+"""Softmax and mean cross-entropy over the rows of a logits matrix, fused.
+
+loss = sum_i w_i * (logsumexp(z_i) - z_i[y_i]) / sum_i w_i, with w_i = 0 for ignored positions
+and 1 otherwise. ``softmax_cross_entropy_forward`` / ``..._backward`` run the Numba kernels;
+``*_ref`` are the NumPy twins. Derivation: docs/ops/softmax_ce.md.
+"""
+import numpy as np
+
+from ._jit import kernel
+
+
+def softmax_ref(z):
+    """Row softmax, NumPy reference.
+
+    Parameters
+    ----------
+    z : ndarray (..., V)
+
+    Returns
+    -------
+    p : ndarray (..., V)   p = exp(z - max z) / sum exp(z - max z)
+    """
+    e = np.exp(z - z.max(axis=-1, keepdims=True))          # (...,V)
+    return e / e.sum(axis=-1, keepdims=True)               # (...,V)
+
+
+def _weights(targets, ignore, dtype):
+    """(N,) 0/1 weights of the positions that count, and their count (>= 1 to avoid 0/0)."""
+    w = np.ones(targets.shape[0], dtype=dtype) if ignore is None else (~ignore.reshape(-1)).astype(dtype)  # (N,)
+    return w, max(float(w.sum()), 1.0)
+
+
+def softmax_cross_entropy_forward_ref(logits, targets, ignore=None):
+    """Mean cross-entropy of softmax(logits) against integer targets, NumPy reference.
+
+    Parameters
+    ----------
+    logits : ndarray (N, V), float32 or float64
+    targets : ndarray (N,), integer in [0, V)
+    ignore : ndarray (N,) bool or None    True where a position does not count
+
+    Returns
+    -------
+    loss : float (numpy scalar of logits' dtype)  loss = sum_i w_i (lse(z_i) - z_i[y_i]) / sum_i w_i
+    cache : tuple (probs (N,V), targets (N,), w (N,), count float)
+    """
+    probs = softmax_ref(logits)                             # (N,V)
+    w, count = _weights(targets, ignore, logits.dtype)      # (N,), float
+    nll = -np.log(probs[np.arange(targets.shape[0]), targets])  # (N,)
+    loss = logits.dtype.type((nll.astype(np.float64) * w).sum() / count)
+    return loss, (probs, targets, w, count)
+
+
+def softmax_cross_entropy_backward_ref(dloss, cache):
+    """Backward of the mean cross-entropy, NumPy reference.
+
+    Parameters
+    ----------
+    dloss : float     dL/dloss (1.0 when loss is the objective)
+    cache : tuple (probs, targets, w, count) from the forward
+
+    Returns
+    -------
+    dlogits : ndarray (N, V)   dlogits_i = dloss * w_i / count * (p_i - onehot(y_i))
+    """
+    probs, targets, w, count = cache
+    d = probs.copy()                                        # (N,V)
+    d[np.arange(targets.shape[0]), targets] -= 1            # (N,V)  p - onehot(y)
+    d *= (w * probs.dtype.type(dloss / count))[:, None]     # (N,V)
+    return d
+
+
+@kernel
+def _softmax_ce_forward_kernel(logits, targets, w, probs, nll):
+    # logits, probs: (N,V); targets: (N,); w, nll: (N,) float64
+    N, V = logits.shape
+    for i in range(N):
+        mx = logits[i, 0]
+        for j in range(1, V):
+            if logits[i, j] > mx:
+                mx = logits[i, j]
+        tot = logits.dtype.type(0)
+        for j in range(V):
+            e = np.exp(logits[i, j] - mx)
+            probs[i, j] = e
+            tot += e
+        inv = logits.dtype.type(1) / tot
+        for j in range(V):
+            probs[i, j] *= inv
+        y = targets[i]
+        nll[i] = w[i] * (np.log(np.float64(tot)) - np.float64(logits[i, y] - mx))
+
+
+@kernel
+def _softmax_ce_backward_kernel(probs, targets, w, scale, dlogits):
+    # probs, dlogits: (N,V) (may be the same buffer); targets, w: (N,)
+    N, V = probs.shape
+    for i in range(N):
+        s = w[i] * scale
+        for j in range(V):
+            dlogits[i, j] = probs[i, j] * s
+        dlogits[i, targets[i]] -= s
+
+
+def softmax_cross_entropy_forward(logits, targets, ignore=None):
+    """Fused softmax + mean cross-entropy (Numba kernel). Same contract as the ``_ref`` twin."""
+    logits = np.ascontiguousarray(logits)
+    N = logits.shape[0]
+    w, count = _weights(targets, ignore, logits.dtype)      # (N,), float
+    probs = np.empty_like(logits)                           # (N,V)
+    nll = np.empty(N, dtype=np.float64)                     # (N,)
+    _softmax_ce_forward_kernel(logits, targets, w, probs, nll)
+    return logits.dtype.type(nll.sum() / count), (probs, targets, w, count)
+
+
+def softmax_cross_entropy_backward(dloss, cache, inplace=False):
+    """Backward of the fused softmax + cross-entropy (Numba kernel).
+
+    Same contract as :func:`softmax_cross_entropy_backward_ref`; with ``inplace=True`` dlogits is
+    written over the cached probs (saves a (N,V) buffer; the cache is then spent).
+    """
+    probs, targets, w, count = cache
+    d = probs if inplace else np.empty_like(probs)          # (N,V)
+    _softmax_ce_backward_kernel(probs, targets, w, probs.dtype.type(dloss / count), d)
+    return d

@@ -14,12 +14,12 @@ from .errors import InputError
 def ensure_writable_dir(path) -> Path:
     """Create ``path`` (and parents) if needed and check it is a writable folder; InputError if not."""
     p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"output path {str(p)!r} exists and is not a folder; expected a folder")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create output folder {str(p)!r}: {e.strerror or e}; expected a writable folder path") from None
-    if not p.is_dir():
-        raise InputError(f"output path {str(p)!r} exists and is not a folder; expected a folder")
     if not os.access(p, os.W_OK):
         raise InputError(f"output folder {str(p)!r} is not writable; choose a folder you can write to")
     return p

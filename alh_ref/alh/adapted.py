@@ -1,0 +1,229 @@
+"""The ALH-adapted model: a frozen base GPT whose latents are transformed per position by T_t.
+
+    c = Enc(ctx_ids)                         (B,T,D)   c_t sees ctx_ids[:, :t+1]
+    c_ext = [c_0, c_1 .. c_T]                (B,T+1,D) c_0 a learned empty context (alh.c0)
+    theta = Head(c_ext)                      per-position transform parameters, slot s = 0..T
+    input site:   tok_t = T_{slot t}   wte[x_t]     (slot t holds the context x_1..x_{t-1})
+    output site:  logits_t = (A^T z_t) . wte^T + z_t . b,  with T = T_{slot t+1} ("current", from
+                  x_1..x_t) or T_{slot t} ("prev", from x_1..x_{t-1})
+    z = body(tok) is the frozen base model; loss = mean CE(logits, y).
+
+Also the "side" capacity control (head = "side"): the same encoder, and z_t <- z_t + c_t @ W + b
+with W, b zero-initialised, instead of any transform of the latents.
+
+Base parameters are read, never written, and their gradients are not computed. Derivation and
+the normative definitions: docs/alh.md.
+"""
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from ..model import body_backward, body_forward, check_ids, embed_forward, param_shapes
+from ..ops import linear_backward, linear_forward, softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from .encoders import ENCODERS, encoder_backward, encoder_forward, encoder_init, encoder_param_shapes
+from .transforms import FAMILIES, head_backward, head_forward, head_init, head_param_shapes, transform_backward, transform_forward
+
+SITES = ("input", "output", "both")
+OUT_CONTEXTS = ("current", "prev")
+HEADS = ("transform", "side")
+
+
+@dataclass(frozen=True)
+class ALHConfig:
+    """The hypernetwork.
+
+    family: householder | lowrank | film;  site: input | output | both;
+    out_context: current | prev;  encoder: transformer | mean | static;
+    D, n_layer (Lh), n_head (NHh): encoder width, blocks and heads;  K: reflectors (even);
+    R: low-rank rank;  head: transform (ALH) | side (capacity control).
+    """
+
+    family: str = "householder"
+    site: str = "both"
+    out_context: str = "current"
+    encoder: str = "transformer"
+    D: int = 32
+    n_layer: int = 1
+    n_head: int = 2
+    K: int = 4
+    R: int = 4
+    head: str = "transform"
+
+    def __post_init__(self):
+        for field, allowed in (("family", FAMILIES), ("site", SITES), ("out_context", OUT_CONTEXTS),
+                               ("encoder", ENCODERS), ("head", HEADS)):
+            if getattr(self, field) not in allowed:
+                raise InputError(f"ALHConfig.{field} = {getattr(self, field)!r}; expected one of {', '.join(allowed)}")
+        for k in ("D", "n_layer", "n_head", "K", "R"):
+            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
+                raise InputError(f"ALHConfig.{k} = {getattr(self, k)!r}; expected a positive integer")
+        if self.K % 2:
+            raise InputError(f"ALHConfig.K = {self.K}; expected an even number of reflectors (they come in pairs)")
+        if self.D % self.n_head:
+            raise InputError(f"ALHConfig.D = {self.D} is not divisible by n_head {self.n_head}")
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def _enc_args(bcfg, acfg):
+    return (bcfg.vocab_size, bcfg.block_size, acfg.D, acfg.n_layer, acfg.n_head)
+
+
+def alh_param_shapes(bcfg, acfg):
+    """Ordered shapes of the hypernetwork's parameters: encoder (alh.enc.*), alh.c0 (D,), head.
+
+    The head is alh.head.* (see transforms.head_param_shapes) or, for head="side",
+    alh.side.w (D,C) and alh.side.b (C,).
+    """
+    s = dict(encoder_param_shapes(acfg.encoder, *_enc_args(bcfg, acfg)))
+    if acfg.encoder != "static" and acfg.head == "transform":
+        s["alh.c0"] = (acfg.D,)                                                                 # side never reads c_0
+    if acfg.head == "side":
+        s.update({"alh.side.w": (acfg.D, bcfg.n_embd), "alh.side.b": (bcfg.n_embd,)})
+    else:
+        s.update(head_param_shapes(acfg.family, acfg.D, bcfg.n_embd, acfg.K, acfg.R))
+    return s
+
+
+def alh_init(bcfg, acfg, seed=0, dtype=np.float32):
+    """Initial hypernetwork parameters (seeded): the adapted model equals the base model exactly.
+
+    Encoder GPT-2-style; alh.c0 ~ N(0, 1); head as in transforms.head_init (the part that moves T
+    off the identity is zero); side head zero.
+    """
+    rng = np.random.default_rng(seed)
+    p = encoder_init(acfg.encoder, *_enc_args(bcfg, acfg), rng, dtype)
+    c0 = rng.standard_normal(acfg.D).astype(dtype)                                              # (D,)
+    if "alh.c0" in alh_param_shapes(bcfg, acfg):
+        p["alh.c0"] = c0
+    if acfg.head == "side":
+        p["alh.side.w"] = np.zeros((acfg.D, bcfg.n_embd), dtype=dtype)                          # (D,C)
+        p["alh.side.b"] = np.zeros(bcfg.n_embd, dtype=dtype)                                    # (C,)
+    else:
+        p.update(head_init(acfg.family, acfg.D, bcfg.n_embd, acfg.K, acfg.R, rng, dtype))
+    return {n: p[n] for n in alh_param_shapes(bcfg, acfg)}                                      # canonical order
+
+
+def _slots(theta, start, T):
+    """theta restricted to slots start..start+T-1 (shared tensors like householder "a" pass through)."""
+    return {k: (v if k == "a" else v[:, start:start + T]) for k, v in theta.items()}
+
+
+def alh_forward(base, hyp, bcfg, acfg, ids, targets=None, ignore=None, ctx_ids=None):
+    """Forward pass of the adapted model.
+
+    Parameters
+    ----------
+    base : dict of the frozen base parameters;  hyp : dict of the hypernetwork parameters
+    bcfg : GPTConfig;  acfg : ALHConfig
+    ids : ndarray (B,T) int;  targets : ndarray (B,T) int or None;  ignore : (B,T) bool or None
+    ctx_ids : ndarray (B,T) int or None   what the encoder reads (default ids; the alh-shuffled
+        control passes another sequence's ids)
+
+    Returns
+    -------
+    logits : ndarray (B,T,V)
+    loss : scalar or None
+    cache : dict, with "theta" (per-slot transform parameters, slots 0..T) and "tok" (the
+        effective input latents (B,T,C)) for inspection and golden outputs
+    """
+    V = bcfg.vocab_size
+    check_ids(ids, V, "ids", bcfg.block_size)
+    ctx_ids = ids if ctx_ids is None else ctx_ids
+    check_ids(ctx_ids, V, "ctx_ids", bcfg.block_size)
+    if ctx_ids.shape != ids.shape:
+        raise InputError(f"ctx_ids has shape {ctx_ids.shape}; expected the shape of ids {ids.shape}")
+    B, T = ids.shape
+    cache = {}
+    c, cache["enc"] = encoder_forward(hyp, acfg.encoder, ctx_ids, _enc_args(bcfg, acfg))       # (B,T) -> (B,T,D)
+    c0 = hyp["alh.c0"] if "alh.c0" in hyp else c[0, 0]                                         # static: c_0 = c
+    c_ext = np.concatenate([np.broadcast_to(c0, (B, 1, acfg.D)), c], axis=1)                    # (B,T+1,D)
+
+    tok, _ = embed_forward(base, ids)                                                           # (B,T) -> (B,T,C)
+    theta = None
+    if acfg.head == "transform":
+        theta, cache["head"] = head_forward(hyp, acfg.family, c_ext, bcfg.n_embd, acfg.K, acfg.R)  # slots 0..T
+        if acfg.site in ("input", "both"):
+            tok, _, cache["in"] = transform_forward(acfg.family, _slots(theta, 0, T), tok, False)  # (B,T,C): T_{t-1} wte[x_t]
+    z, cache["body"] = body_forward(base, bcfg, tok)                                            # (B,T,C)
+
+    off = None
+    if acfg.head == "side":
+        side, cache["side"] = linear_forward(c, hyp["alh.side.w"], hyp["alh.side.b"])           # (B,T,D) -> (B,T,C)
+        z = z + side                                                                            # (B,T,C)
+    elif acfg.site in ("output", "both"):
+        s0 = 1 if acfg.out_context == "current" else 0
+        z, off, cache["out"] = transform_forward(acfg.family, _slots(theta, s0, T), z, True)    # (B,T,C): A^T z
+    W = base["wte"] if bcfg.tied else base["lm_head.w"].T                                       # (V,C)
+    logits = z @ W.T                                                                            # (B,T,C) @ (C,V) -> (B,T,V)
+    if off is not None:
+        logits += off[..., None]                                                                # (B,T,V) + (B,T,1):  + z . b
+    cache.update(theta=theta, tok=tok, zt=z, W=W, c_ext_shape=c_ext.shape)
+    loss = None
+    if targets is not None:
+        check_ids(targets, V, "targets")
+        ig = None if ignore is None else ignore.reshape(-1)
+        loss, cache["loss"] = softmax_cross_entropy_forward(logits.reshape(-1, V), targets.reshape(-1), ig)
+    return logits, loss, cache
+
+
+def _zeros_like_theta(theta, S):
+    """Zero gradients for all S slots of theta."""
+    return {k: np.zeros_like(v) for k, v in theta.items()}
+
+
+def alh_backward(cache, base, hyp, bcfg, acfg, dloss=1.0, frozen=frozenset()):
+    """Backward pass of the adapted model: gradients of the hypernetwork only.
+
+    The base model's parameters are frozen: the body backward is called with every base name
+    frozen, so only activation gradients flow through it (no dW matmuls).
+
+    Returns
+    -------
+    grads : dict over the hypernetwork's names (minus ``frozen``)
+    """
+    B, T, C = cache["tok"].shape
+    base_frozen = frozenset(param_shapes(bcfg))
+    dlogits = softmax_cross_entropy_backward(dloss, cache["loss"], inplace=True).reshape(B, T, -1)  # (B,T,V)
+    dz = dlogits @ cache["W"]                                                                   # (B,T,V) @ (V,C) -> (B,T,C)
+    grads = {}
+    theta = cache["theta"]
+    dtheta = None if theta is None else _zeros_like_theta(theta, T + 1)
+    dc = np.zeros((B, T, acfg.D), dtype=dz.dtype)                                               # (B,T,D)
+    if acfg.head == "side":
+        dside = dz                                                                              # z = z + side
+        dcs, grads["alh.side.w"], grads["alh.side.b"] = linear_backward(dside, cache["side"])  # (B,T,C) -> (B,T,D)
+        dc += dcs
+    elif acfg.site in ("output", "both"):
+        doff = dlogits.sum(-1) if cache["out"][0] == "film" else None                           # (B,T)  inverts + off
+        dth, dz = transform_backward(dz, doff, cache["out"])                                    # (B,T,C)
+        s0 = 1 if acfg.out_context == "current" else 0
+        for k, v in dth.items():
+            if k == "a":
+                dtheta[k] += v
+            else:
+                dtheta[k][:, s0:s0 + T] += v
+    dtok = body_backward(dz, cache["body"], bcfg, {}, base_frozen)                              # (B,T,C)
+    if acfg.head == "transform" and acfg.site in ("input", "both"):
+        dth, _ = transform_backward(dtok, None, cache["in"])                                    # dwte not needed: base frozen
+        for k, v in dth.items():
+            if k == "a":
+                dtheta[k] += v
+            else:
+                dtheta[k][:, 0:T] += v
+    if acfg.head == "transform":
+        hg, dc_ext = head_backward(dtheta, cache["head"], frozen)                               # (B,T+1,D)
+        grads.update(hg)
+        dc += dc_ext[:, 1:]                                                                     # slots 1..T are c_1..c_T
+        dc0 = dc_ext[:, 0].sum(0)                                                               # (D,) slot 0 is c_0
+    else:
+        dc0 = None
+    grads.update(encoder_backward(dc, cache["enc"], frozen))
+    if dc0 is not None:
+        if acfg.encoder == "static":
+            grads["alh.enc.c"] = grads["alh.enc.c"] + dc0                                       # static: c_0 is c too
+        else:
+            grads["alh.c0"] = dc0
+    return {n: grads[n] for n in alh_param_shapes(bcfg, acfg) if n in grads and n not in frozen}

@@ -1,0 +1,299 @@
+"""Transform families: the "hypersurfaces" a hypernetwork generates, one per position.
+
+A family maps per-position parameters theta_t to an affine map of latent vectors, T_t e = A_t e + b_t,
+that is applied to a vector in O(KC), O(RC) or O(C) — no (C,C) matrix is ever built:
+
+    householder  A = H(u_K) ... H(u_1),  H(u) = I - 2 u u^T / (u^T u),  b = 0           (orthogonal)
+                 pairs j = 1..J (K = 2J):  u_{2j-1} = a^_j,  u_{2j} = a^_j + P_j v_j,
+                 a^_j = a_j / ||a_j|| (learned, shared by all positions), P_j = I - a^_j a^_j^T,
+                 v_j (from the head) zero at init  =>  H(a^_j) H(a^_j) = I: identity at init.
+                 ||u_{2j}||^2 = 1 + ||P_j v_j||^2 >= 1, so no reflector can degenerate.
+    lowrank      A = I + U^T V  (U, V: (R,C) rows),  b = 0;  U zero at init.
+    film         A = diag(1 + gamma),  b = beta;  gamma, beta zero at init.
+
+Each family has a forward ``y, off, cache = apply_forward(theta, e, transpose)``:
+transpose=False gives y = T e (the input site: latents entering the body); transpose=True gives
+y = A^T z and off = z . b (the output site: logits_v = z . (T e_v) = (A^T z) . e_v + z . b).
+The head (a linear map of the context vector) produces theta. Derivations: docs/alh.md.
+"""
+import numpy as np
+
+from ..ops import linear_backward, linear_forward
+
+FAMILIES = ("householder", "lowrank", "film")
+
+
+# ----------------------------------------------------------------------------------------------
+# Head: context vectors -> transform parameters
+
+def head_param_shapes(family, D, C, K=4, R=4):
+    """Ordered shapes of the head's parameters.
+
+    householder: alh.head.w (D, J*C), alh.head.b (J*C,), alh.head.a (J, C)  with J = K/2
+    lowrank:     alh.head.w (D, 2*R*C), alh.head.b (2*R*C,)   columns [U | V]
+    film:        alh.head.w (D, 2*C), alh.head.b (2*C,)       columns [gamma | beta]
+    """
+    if family == "householder":
+        J = K // 2
+        return {"alh.head.w": (D, J * C), "alh.head.b": (J * C,), "alh.head.a": (J, C)}
+    if family == "lowrank":
+        return {"alh.head.w": (D, 2 * R * C), "alh.head.b": (2 * R * C,)}
+    if family == "film":
+        return {"alh.head.w": (D, 2 * C), "alh.head.b": (2 * C,)}
+    raise ValueError(f"unknown family {family!r}")
+
+
+def head_init(family, D, C, K, R, rng, dtype):
+    """Initial head parameters: everything that moves T away from the identity starts at zero.
+
+    householder: w, b zero (so v = 0); a ~ N(0, 1) rows (any nonzero direction works).
+    lowrank: the U columns of w and b zero; the V columns of w ~ N(0, 0.02^2), of b ~ N(0, 1/C)
+             (so dL/dU is nonzero at init).
+    film: w, b zero.
+    """
+    shapes = head_param_shapes(family, D, C, K, R)
+    p = {n: np.zeros(s, dtype=dtype) for n, s in shapes.items()}
+    if family == "householder":
+        p["alh.head.a"] = rng.standard_normal(shapes["alh.head.a"]).astype(dtype)           # (J,C)
+    elif family == "lowrank":
+        RC = R * C
+        p["alh.head.w"][:, RC:] = (0.02 * rng.standard_normal((D, RC))).astype(dtype)      # (D,RC)
+        p["alh.head.b"][RC:] = (rng.standard_normal(RC) / np.sqrt(C)).astype(dtype)        # (RC,)
+    return p
+
+
+def head_forward(hyp, family, c, C, K=4, R=4):
+    """Transform parameters for every position.
+
+    Parameters
+    ----------
+    hyp : dict with the head's named parameters
+    c : ndarray (B,S,D)   context vectors
+    C : int, K : int, R : int
+
+    Returns
+    -------
+    theta : dict   householder {"v": (B,S,J,C), "a": (J,C)};  lowrank {"U": (B,S,R,C), "V": (B,S,R,C)};
+                   film {"gamma": (B,S,C), "beta": (B,S,C)}     theta_raw = c @ w + b, reshaped
+    cache : tuple
+    """
+    B, S, _ = c.shape
+    raw, c_lin = linear_forward(c, hyp["alh.head.w"], hyp["alh.head.b"])                    # (B,S,D) -> (B,S,P)
+    if family == "householder":
+        theta = {"v": raw.reshape(B, S, K // 2, C), "a": hyp["alh.head.a"]}                # (B,S,J,C), (J,C)
+    elif family == "lowrank":
+        r = raw.reshape(B, S, 2, R, C)                                                      # (B,S,P) -> (B,S,2,R,C)
+        theta = {"U": r[:, :, 0], "V": r[:, :, 1]}                                          # 2 x (B,S,R,C)
+    else:
+        r = raw.reshape(B, S, 2, C)                                                         # (B,S,P) -> (B,S,2,C)
+        theta = {"gamma": r[:, :, 0], "beta": r[:, :, 1]}                                   # 2 x (B,S,C)
+    return theta, (family, c_lin, raw.shape)
+
+
+def head_backward(dtheta, cache, frozen=frozenset()):
+    """Backward of :func:`head_forward`.
+
+    Parameters
+    ----------
+    dtheta : dict with the same keys and shapes as theta (householder "a" gradient included)
+
+    Returns
+    -------
+    grads : dict  alh.head.w (D,P), alh.head.b (P,) [, alh.head.a (J,C)]
+    dc : ndarray (B,S,D)
+    """
+    family, c_lin, raw_shape = cache
+    if family == "householder":
+        draw = dtheta["v"].reshape(raw_shape)                                               # (B,S,J,C) -> (B,S,P)
+    elif family == "lowrank":
+        draw = np.stack([dtheta["U"], dtheta["V"]], axis=2).reshape(raw_shape)              # (B,S,2,R,C) -> (B,S,P)
+    else:
+        draw = np.stack([dtheta["gamma"], dtheta["beta"]], axis=2).reshape(raw_shape)       # (B,S,2,C) -> (B,S,P)
+    dc, dw, db = linear_backward(draw, c_lin, need_dw="alh.head.w" not in frozen)           # (B,S,P) -> (B,S,D)
+    grads = {}
+    if dw is not None:
+        grads["alh.head.w"], grads["alh.head.b"] = dw, db
+    if family == "householder":
+        grads["alh.head.a"] = dtheta["a"]
+    return grads, dc
+
+
+# ----------------------------------------------------------------------------------------------
+# Householder
+
+def reflect(u, s, x):
+    """y = H(u) x = x - 2 (u . x) / s u,  s = u . u.  u (...,C) broadcasts against x (...,C)."""
+    alpha = (u * x).sum(-1, keepdims=True)                                                  # (...,1)
+    return x - (2.0 / s)[..., None] * alpha * u                                             # (...,C)
+
+
+def reflect_backward(dy, u, s, x):
+    """Backward of :func:`reflect`.
+
+    dx = H(u) dy  (H symmetric);  du = -(2/s) (alpha dy + beta x) + (4 alpha beta / s^2) u,
+    alpha = u . x, beta = u . dy.  Returns dx (...,C), du (...,C) (not summed over broadcast axes).
+    """
+    alpha = (u * x).sum(-1, keepdims=True)                                                  # (...,1)
+    beta = (u * dy).sum(-1, keepdims=True)                                                  # (...,1)
+    s_ = s[..., None]                                                                       # (...,1)
+    dx = dy - (2.0 / s_) * beta * u                                                         # (...,C)
+    du = -(2.0 / s_) * (alpha * dy + beta * x) + (4.0 * alpha * beta / (s_ * s_)) * u      # (...,C)
+    return dx, du
+
+
+def householder_vectors(theta):
+    """The 2J reflector vectors from theta = {"v": (B,S,J,C), "a": (J,C)}.
+
+    Returns ahat (J,C), sa (J,) = ahat.ahat, u2 (B,S,J,C), s2 (B,S,J) = u2.u2 (>= 1 up to rounding),
+    anorm (J,), proj (B,S,J) = ahat . v.
+    """
+    a, v = theta["a"], theta["v"]
+    anorm = np.sqrt((a * a).sum(-1))                                                        # (J,)
+    ahat = a / anorm[:, None]                                                               # (J,C)
+    sa = (ahat * ahat).sum(-1)                                                              # (J,)
+    proj = (v * ahat).sum(-1)                                                               # (B,S,J)
+    u2 = ahat + v - proj[..., None] * ahat                                                  # (B,S,J,C)  a^ + P v
+    s2 = (u2 * u2).sum(-1)                                                                  # (B,S,J)
+    return ahat, sa, u2, s2, anorm, proj
+
+
+def householder_forward(theta, e, transpose=False):
+    """y = A e (or A^T e) with A = H(u_K)...H(u_1); off is None (b = 0).
+
+    Parameters
+    ----------
+    theta : {"v": (B,S,J,C), "a": (J,C)}
+    e : ndarray (B,S,C)
+    transpose : bool
+
+    Returns
+    -------
+    y : (B,S,C);  off : None;  cache
+    """
+    ahat, sa, u2, s2, anorm, proj = householder_vectors(theta)
+    J = ahat.shape[0]
+    ops = []                                                                                # (kind, j) in application order
+    for j in range(J):
+        ops += [("a", j), ("u", j)]                                                         # H(u_{2j-1}) first, then H(u_{2j})
+    if transpose:
+        ops.reverse()                                                                       # A^T = H(u_1) ... H(u_K)
+    xs = []
+    x = e
+    for kind, j in ops:
+        xs.append(x)
+        if kind == "a":
+            x = reflect(ahat[j], sa[j], x)                                                  # (B,S,C)
+        else:
+            x = reflect(u2[:, :, j], s2[:, :, j], x)                                        # (B,S,C)
+    return x, None, ("householder", theta, ahat, sa, u2, s2, anorm, proj, ops, xs)
+
+
+def householder_backward(dy, doff, cache):
+    """Backward of :func:`householder_forward`: returns dtheta {"v","a"}, de (B,S,C)."""
+    _, theta, ahat, sa, u2, s2, anorm, proj, ops, xs = cache
+    v = theta["v"]
+    dahat = np.zeros_like(ahat)                                                             # (J,C)
+    du2 = np.zeros_like(u2)                                                                 # (B,S,J,C)
+    dx = dy
+    for (kind, j), x in zip(reversed(ops), reversed(xs)):
+        if kind == "a":
+            dx, du = reflect_backward(dx, ahat[j], np.full(x.shape[:-1], sa[j]), x)         # (B,S,C)
+            dahat[j] += du.reshape(-1, du.shape[-1]).sum(0)                                 # shared by all positions
+        else:
+            dx, du2[:, :, j] = reflect_backward(dx, u2[:, :, j], s2[:, :, j], x)            # (B,S,C)
+    # (reflect_backward differentiates s = u . u too, so du already holds the whole dependence on u)
+    # u2 = ahat + v - (ahat . v) ahat
+    dproj = -(du2 * ahat).sum(-1)                                                           # (B,S,J)
+    dv = du2 + dproj[..., None] * ahat                                                      # (B,S,J,C)  = P du2
+    dahat += (du2 + dproj[..., None] * v - proj[..., None] * du2).reshape(-1, *ahat.shape).sum(0)  # (J,C)
+    # ahat = a / ||a||
+    da = (dahat - (dahat * ahat).sum(-1, keepdims=True) * ahat) / anorm[:, None]            # (J,C)
+    return {"v": dv, "a": da}, dx
+
+
+# ----------------------------------------------------------------------------------------------
+# Low rank
+
+def lowrank_forward(theta, e, transpose=False):
+    """y = e + U^T (V e)  (or the transpose, y = e + V^T (U e)); off None.
+
+    theta : {"U": (B,S,R,C), "V": (B,S,R,C)};  e : (B,S,C).  Returns y (B,S,C), None, cache.
+    """
+    L, Rr = (theta["U"], theta["V"]) if transpose else (theta["V"], theta["U"])             # read with L, write with Rr
+    s = (L @ e[..., None])[..., 0]                                                          # (B,S,R,C) @ (B,S,C,1) -> (B,S,R)
+    y = e + (s[..., None, :] @ Rr)[..., 0, :]                                               # (B,S,1,R) @ (B,S,R,C) -> (B,S,C)
+    return y, None, ("lowrank", theta, e, s, transpose)
+
+
+def lowrank_backward(dy, doff, cache):
+    """Backward of :func:`lowrank_forward`: dRr = s dy^T, ds = Rr dy, dL = ds e^T, de = dy + L^T ds."""
+    _, theta, e, s, transpose = cache
+    L, Rr = (theta["U"], theta["V"]) if transpose else (theta["V"], theta["U"])
+    dRr = s[..., :, None] * dy[..., None, :]                                                # (B,S,R,1)*(B,S,1,C) -> (B,S,R,C)
+    ds = (Rr @ dy[..., None])[..., 0]                                                       # (B,S,R,C) @ (B,S,C,1) -> (B,S,R)
+    dL = ds[..., :, None] * e[..., None, :]                                                 # (B,S,R,C)
+    de = dy + (ds[..., None, :] @ L)[..., 0, :]                                             # (B,S,C)
+    dtheta = {"U": dL, "V": dRr} if transpose else {"U": dRr, "V": dL}
+    return dtheta, de
+
+
+# ----------------------------------------------------------------------------------------------
+# FiLM
+
+def film_forward(theta, e, transpose=False):
+    """y = (1 + gamma) * e + beta;  transposed (output site): y = (1 + gamma) * z, off = z . beta.
+
+    theta : {"gamma": (B,S,C), "beta": (B,S,C)};  e : (B,S,C).  Returns y (B,S,C), off (B,S) or None, cache.
+    """
+    g, b = theta["gamma"], theta["beta"]
+    y = (1.0 + g) * e                                                                       # (B,S,C)
+    if transpose:
+        off = (e * b).sum(-1)                                                               # (B,S)
+        return y, off, ("film", theta, e, transpose)
+    return y + b, None, ("film", theta, e, transpose)
+
+
+def film_backward(dy, doff, cache):
+    """Backward of :func:`film_forward`: dgamma = dy * e, dbeta = dy (or doff * z), de = (1+gamma) dy (+ doff beta)."""
+    _, theta, e, transpose = cache
+    g, b = theta["gamma"], theta["beta"]
+    dg = dy * e                                                                             # (B,S,C)
+    de = (1.0 + g) * dy                                                                     # (B,S,C)
+    if transpose:
+        db = doff[..., None] * e                                                            # (B,S,C)
+        de = de + doff[..., None] * b                                                       # (B,S,C)
+    else:
+        db = dy
+    return {"gamma": dg, "beta": db}, de
+
+
+_FORWARD = {"householder": householder_forward, "lowrank": lowrank_forward, "film": film_forward}
+_BACKWARD = {"householder": householder_backward, "lowrank": lowrank_backward, "film": film_backward}
+
+
+def transform_forward(family, theta, e, transpose=False):
+    """Apply the family's transform to vectors: returns y (B,S,C), off (B,S) or None, cache."""
+    return _FORWARD[family](theta, e, transpose)
+
+
+def transform_backward(dy, doff, cache):
+    """Backward of :func:`transform_forward`: returns dtheta (dict like theta), de (B,S,C)."""
+    return _BACKWARD[cache[0]](dy, doff, cache)
+
+
+def dense_matrix(family, theta_t, C):
+    """The (C,C) matrix A and (C,) offset b of one position's transform (for tests and metrics only).
+
+    theta_t : theta indexed at one position (householder "v" (J,C) with shared "a"; lowrank U, V (R,C);
+    film gamma, beta (C,)).
+    """
+    I = np.eye(C)                                                                           # (C,C)
+    th = {k: (val[None, None] if k != "a" else val) for k, val in theta_t.items()}          # add (B,S) = (1,1)
+    cols = []
+    for i in range(C):
+        y, _, _ = transform_forward(family, th, I[i][None, None], False)                    # (1,1,C)
+        cols.append(y[0, 0])
+    zero, _, _ = transform_forward(family, th, np.zeros((1, 1, C)), False)                  # (1,1,C)
+    b = zero[0, 0]                                                                          # (C,)
+    A = np.stack(cols, axis=1) - b[:, None]                                                 # (C,C)  column i = T e_i - b
+    return A, b

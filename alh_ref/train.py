@@ -12,7 +12,7 @@ from .errors import InputError, RunError
 from .model import gpt_backward, gpt_forward
 
 
-def sample_batch(tokens, B, T, rng):
+def sample_batch(tokens, B, T, rng, return_starts=False):
     """B random windows of T+1 consecutive tokens.
 
     Parameters
@@ -25,6 +25,7 @@ def sample_batch(tokens, B, T, rng):
     -------
     x : ndarray (B,T) int64   x[b] = tokens[s_b : s_b + T]
     y : ndarray (B,T) int64   y[b] = tokens[s_b + 1 : s_b + T + 1]   (next tokens)
+    starts : ndarray (B,) int64, only with ``return_starts=True``
     """
     n = tokens.shape[0]
     if n < T + 1:
@@ -33,6 +34,8 @@ def sample_batch(tokens, B, T, rng):
     starts = rng.integers(0, n - T, size=B)                          # (B,)
     idx = starts[:, None] + np.arange(T + 1)[None, :]                # (B,T+1)
     w = tokens[idx].astype(np.int64)                                 # (B,T+1)
+    if return_starts:
+        return w[:, :-1], w[:, 1:], starts
     return w[:, :-1], w[:, 1:]
 
 
@@ -43,17 +46,19 @@ def gpt_loss_and_grads(params, cfg, x, y, frozen=frozenset()):
     return float(loss), grads
 
 
-def train(params, opt, loss_and_grads, tokens, B, T, steps, rng, *, on_step=None, progress=False):
+def train(params, opt, loss_and_grads, tokens, B, T, steps, rng, *, domains=None, on_step=None, progress=False):
     """Run ``steps`` optimisation steps.
 
     Parameters
     ----------
     params : dict of named arrays, updated in place by ``opt``
     opt : AdamW (its ``names`` are the trainable parameters)
-    loss_and_grads : callable (x (B,T), y (B,T)) -> (loss float, grads dict over opt.names)
+    loss_and_grads : callable (x (B,T), y (B,T)[, dom (B,)]) -> (loss float, grads dict over opt.names)
     tokens : ndarray (n,) int
     B, T, steps : int
     rng : np.random.Generator for the batch sampler
+    domains : ndarray (n,) int or None   domain label of every token; when given, loss_and_grads
+        is called with ``dom`` = the label of each window's first token (used by alh-shuffled)
     on_step : callable(step, record) or None, called after every step (checkpointing, logging)
     progress : bool, show a tqdm bar with loss and tokens/s
 
@@ -73,8 +78,11 @@ def train(params, opt, loss_and_grads, tokens, B, T, steps, rng, *, on_step=None
     try:
         for _ in range(steps):
             t0 = time.perf_counter()
-            x, y = sample_batch(tokens, B, T, rng)                   # (B,T), (B,T)
-            loss, grads = loss_and_grads(x, y)
+            x, y, starts = sample_batch(tokens, B, T, rng, return_starts=True)  # (B,T), (B,T), (B,)
+            if domains is None:
+                loss, grads = loss_and_grads(x, y)
+            else:
+                loss, grads = loss_and_grads(x, y, domains[starts])
             if not math.isfinite(loss):
                 raise RunError(f"loss became {loss} at step {opt.t}; stopping (lower the learning rate; "
                                "the last good checkpoint is kept)")

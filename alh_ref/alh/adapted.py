@@ -157,7 +157,7 @@ def alh_forward(base, hyp, bcfg, acfg, ids, targets=None, ignore=None, ctx_ids=N
         s0 = 1 if acfg.out_context == "current" else 0
         z, off, cache["out"] = transform_forward(acfg.family, _slots(theta, s0, T), z, True)    # (B,T,C): A^T z
     W = base["wte"] if bcfg.tied else base["lm_head.w"].T                                       # (V,C)
-    logits = z @ W.T                                                                            # (B,T,C) @ (C,V) -> (B,T,V)
+    logits = (z.reshape(B * T, -1) @ W.T).reshape(B, T, -1)                                     # (N,C) @ (C,V) -> (B,T,V)
     if off is not None:
         logits += off[..., None]                                                                # (B,T,V) + (B,T,1):  + z . b
     cache.update(theta=theta, tok=tok, zt=z, W=W, c_ext_shape=c_ext.shape)
@@ -187,7 +187,7 @@ def alh_backward(cache, base, hyp, bcfg, acfg, dloss=1.0, frozen=frozenset()):
     B, T, C = cache["tok"].shape
     base_frozen = frozenset(param_shapes(bcfg))
     dlogits = softmax_cross_entropy_backward(dloss, cache["loss"], inplace=True).reshape(B, T, -1)  # (B,T,V)
-    dz = dlogits @ cache["W"]                                                                   # (B,T,V) @ (V,C) -> (B,T,C)
+    dz = (dlogits.reshape(B * T, -1) @ cache["W"]).reshape(B, T, C)                             # (N,V) @ (V,C) -> (B,T,C)
     grads = {}
     theta = cache["theta"]
     dtheta = None if theta is None else _zeros_like_theta(theta, T + 1)

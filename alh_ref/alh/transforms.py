@@ -220,8 +220,8 @@ def lowrank_forward(theta, e, transpose=False):
     theta : {"U": (B,S,R,C), "V": (B,S,R,C)};  e : (B,S,C).  Returns y (B,S,C), None, cache.
     """
     L, Rr = (theta["U"], theta["V"]) if transpose else (theta["V"], theta["U"])             # read with L, write with Rr
-    s = (L @ e[..., None])[..., 0]                                                          # (B,S,R,C) @ (B,S,C,1) -> (B,S,R)
-    y = e + (s[..., None, :] @ Rr)[..., 0, :]                                               # (B,S,1,R) @ (B,S,R,C) -> (B,S,C)
+    s = (L * e[..., None, :]).sum(-1)                                                       # (B,S,R,C) * (B,S,1,C) -> (B,S,R)
+    y = e + (s[..., None] * Rr).sum(-2)                                                     # (B,S,R,1) * (B,S,R,C) -> (B,S,C)
     return y, None, ("lowrank", theta, e, s, transpose)
 
 
@@ -230,9 +230,9 @@ def lowrank_backward(dy, doff, cache):
     _, theta, e, s, transpose = cache
     L, Rr = (theta["U"], theta["V"]) if transpose else (theta["V"], theta["U"])
     dRr = s[..., :, None] * dy[..., None, :]                                                # (B,S,R,1)*(B,S,1,C) -> (B,S,R,C)
-    ds = (Rr @ dy[..., None])[..., 0]                                                       # (B,S,R,C) @ (B,S,C,1) -> (B,S,R)
+    ds = (Rr * dy[..., None, :]).sum(-1)                                                    # (B,S,R,C) * (B,S,1,C) -> (B,S,R)
     dL = ds[..., :, None] * e[..., None, :]                                                 # (B,S,R,C)
-    de = dy + (ds[..., None, :] @ L)[..., 0, :]                                             # (B,S,C)
+    de = dy + (ds[..., None] * L).sum(-2)                                                   # (B,S,R,1) * (B,S,R,C) -> (B,S,C)
     dtheta = {"U": dL, "V": dRr} if transpose else {"U": dRr, "V": dL}
     return dtheta, de
 

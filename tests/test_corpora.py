@@ -1,0 +1,205 @@
+"""Tests of alh_ref.corpora: built-ins, fingerprints, content-hash splits, synthetic entropy, user files."""
+import ast
+
+import numpy as np
+import pytest
+
+from alh_ref.corpora import (BUILTIN_CORPORA, Corpus, encode_documents, fingerprint_documents, load_corpus,
+                             markov_entropy_rate, PYCODE_MODULES, sample_chain, split_documents, strip_docstrings,
+                             synthetic_chains, synthetic_words)
+from alh_ref.errors import InputError
+from alh_ref.tokenizer import EOT, train_bpe
+
+
+@pytest.mark.parametrize("name", BUILTIN_CORPORA)
+def test_builtin_loads_nonempty_and_deterministic(name):
+    a, b = load_corpus(name), load_corpus(name)
+    assert len(a.documents) > 0 and all(isinstance(d, str) and d.strip() for d in a.documents)
+    assert sum(map(len, a.documents)) > 100_000
+    assert a.fingerprint == b.fingerprint == fingerprint_documents(b.documents)
+    assert a.name == name
+
+
+def test_builtin_contents():
+    from pydoc_data.topics import topics
+    assert load_corpus("pydoc").documents == [topics[k] for k in sorted(topics)]
+    docs = load_corpus("docstrings").documents
+    assert len(set(docs)) == len(docs)
+    import heapq, inspect, textwrap
+    assert inspect.cleandoc(heapq.heappush.__doc__) in docs          # C accelerator (_heapq) counted
+    assert inspect.cleandoc(textwrap.dedent.__doc__) in docs
+    assert docs[0] == inspect.cleandoc(__import__("argparse").__doc__)   # sorted by qualified name
+    code = load_corpus("pycode").documents
+    for src in code:
+        tree = ast.parse(src)                           # still valid Python
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+                first = node.body[0]
+                assert not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                            and isinstance(first.value.value, str))
+    assert len(code) == len(PYCODE_MODULES)
+
+
+def test_strip_docstrings_keeps_code():
+    src = 'def f(x):\n    """doc"""\n    # comment\n    return x + 1\nclass A:\n    "only a docstring"\n'
+    out = strip_docstrings(src)
+    assert "doc" not in out and "comment" not in out
+    ns = {}
+    exec(out, ns)
+    assert ns["f"](1) == 2 and ns["A"].__doc__ is None
+
+
+def test_fingerprint_counts_boundaries_and_order():
+    assert fingerprint_documents(["ab", "c"]) != fingerprint_documents(["a", "bc"])
+    assert fingerprint_documents(["a", "b"]) != fingerprint_documents(["b", "a"])
+    assert fingerprint_documents(["a"]) != fingerprint_documents(["a", ""])
+    assert Corpus("x", ["ab", "c"]).fingerprint == fingerprint_documents(["ab", "c"])
+
+
+def test_splits_disjoint_cover_and_fingerprinted():
+    c = load_corpus("docstrings")
+    sp = split_documents(c)
+    assert set(sp) == {"train", "val", "test"}
+    idx = [i for s in sp.values() for i in s.meta["indices"]]
+    assert sorted(idx) == list(range(len(c.documents)))          # cover, and disjoint by index
+    assert set(sp["train"].documents).isdisjoint(sp["val"].documents)
+    assert set(sp["train"].documents).isdisjoint(sp["test"].documents)
+    assert set(sp["val"].documents).isdisjoint(sp["test"].documents)
+    for name, s in sp.items():
+        assert s.documents == [c.documents[i] for i in s.meta["indices"]]
+        assert s.fingerprint == fingerprint_documents(s.documents)
+        assert s.meta["parent_fingerprint"] == c.fingerprint and s.meta["split"] == name
+    n = len(c.documents)
+    assert 0.85 * n < len(sp["train"].documents) < 0.95 * n
+    assert len({s.fingerprint for s in sp.values()}) == 3
+
+
+def test_splits_stable_when_documents_added():
+    c = load_corpus("docstrings")
+    before = {d: s for s, part in split_documents(c).items() for d in part.documents}
+    grown = Corpus("grown", ["a brand new document"] + c.documents + [f"extra {i}" for i in range(50)])
+    after = {d: s for s, part in split_documents(grown).items() for d in part.documents}
+    assert all(after[d] == s for d, s in before.items())
+    other = split_documents(c, (0.5, 0.25, 0.25))
+    assert len(other["val"].documents) > len(split_documents(c)["val"].documents)
+
+
+def test_split_rejects_bad_fractions():
+    c = Corpus("x", ["a", "b"])
+    for bad in [(0.5, 0.5), (0.9, 0.2, -0.1), (0.5, 0.3, 0.3), "abc", ["a", "b", "c"], (float("nan"), 0.5, 0.5)]:
+        with pytest.raises(InputError):
+            split_documents(c, bad)
+
+
+def test_synthetic_split_keeps_domains_aligned():
+    c = load_corpus("synthetic", n_docs=60, doc_len=20)
+    for s in split_documents(c).values():
+        assert s.meta["domains"] == [c.meta["domains"][i] for i in s.meta["indices"]]
+
+
+def test_two_state_entropy_rate_by_hand():
+    a, b = 0.2, 0.6
+    P = np.array([[1 - a, a], [b, 1 - b]])
+    H, pi = markov_entropy_rate(P)
+
+    def h(p):
+        return -(p * np.log(p) + (1 - p) * np.log(1 - p))
+    assert np.allclose(pi, [b / (a + b), a / (a + b)])
+    assert H == pytest.approx(pi[0] * h(a) + pi[1] * h(b), rel=1e-12)
+    with pytest.raises(InputError):
+        markov_entropy_rate(np.eye(2))                 # reducible: two stationary distributions
+    with pytest.raises(InputError):
+        markov_entropy_rate(np.array([[0.5, 0.6], [0.5, 0.5]]))
+
+
+def test_synthetic_entropy_rate_matches_monte_carlo():
+    opts = dict(K=2, n_docs=40, doc_len=2500, n_symbols=48, n_successors=5, alpha=0.7, seed=3)
+    c = load_corpus("synthetic", **opts)
+    P = synthetic_chains(2, 48, 5, 0.7, 3)                                   # (K,V,V)
+    index = {w: i for i, w in enumerate(synthetic_words(48))}
+    for k in range(2):
+        nll, visits = [], np.zeros(48)
+        for doc, dom in zip(c.documents, c.meta["domains"]):
+            if dom != k:
+                continue
+            x = np.array([index[w] for w in doc.split(" ")])                  # (doc_len,)
+            assert len(x) == opts["doc_len"]
+            nll.append(-np.log(P[k, x[:-1], x[1:]]))                          # (doc_len-1,)
+            np.add.at(visits, x, 1)
+        H, pi = markov_entropy_rate(P[k])
+        assert c.meta["entropy_rate_nats"][k] == pytest.approx(H)
+        assert np.concatenate(nll).mean() == pytest.approx(H, abs=0.015)     # observed |err| <= 0.005 over 8 seeds
+        assert np.abs(visits / visits.sum() - pi).sum() < 0.06
+    assert c.meta["entropy_rate_nats"][0] != c.meta["entropy_rate_nats"][1]
+
+
+def test_sample_chain_long_run_matches_entropy_rate():
+    P = synthetic_chains(1, 32, 3, 1.0, 11)[0]                                # (V,V)
+    H, pi = markov_entropy_rate(P)
+    x = sample_chain(P, 100_000, np.random.default_rng(0), pi)                # (n,)
+    assert (P[x[:-1], x[1:]] > 0).all()
+    assert -np.log(P[x[:-1], x[1:]]).mean() == pytest.approx(H, abs=0.02)
+
+
+def test_synthetic_options_and_determinism():
+    a = load_corpus("synthetic", n_docs=10, doc_len=30, seed=1)
+    assert a.fingerprint == load_corpus("synthetic", n_docs=10, doc_len=30, seed=1).fingerprint
+    assert a.fingerprint != load_corpus("synthetic", n_docs=10, doc_len=30, seed=2).fingerprint
+    more = load_corpus("synthetic", n_docs=12, doc_len=30, seed=1)
+    assert more.documents[:10] == a.documents                                 # doc d depends on d only
+    assert a.meta["domains"] == [d % 2 for d in range(10)]
+    assert all(len(d) == 30 * 5 - 1 for d in a.documents)
+    for bad in [dict(K=0), dict(n_symbols=1), dict(n_successors=100), dict(alpha=0.0), dict(bogus=1)]:
+        with pytest.raises(InputError):
+            load_corpus("synthetic", **bad)
+    with pytest.raises(InputError, match="no options"):
+        load_corpus("pydoc", K=3)
+
+
+def test_user_file_folder_and_errors(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_bytes(b"first doc\nline two\n\n\nsecond doc\r\n\r\n\r\n\r\nthird\n\n\n   \n")
+    c = load_corpus(str(f))
+    assert c.documents == ["first doc\nline two", "second doc", "third"]
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "b.md").write_text("markdown doc\n")
+    (tmp_path / "ignored.bin").write_bytes(b"\xff\xfe")
+    folder = load_corpus(tmp_path)
+    assert folder.documents == c.documents + ["markdown doc\n"]
+    assert folder.meta["files"] == ["a.txt", "sub/b.md"]
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"hello\xffworld")
+    with pytest.raises(InputError, match=r"bad\.txt.*byte offset 5"):
+        load_corpus(str(bad))
+    with pytest.raises(InputError, match="byte offset 5"):
+        load_corpus(tmp_path)
+    assert load_corpus(str(bad), errors="replace").documents == ["hello\ufffdworld"]
+    with pytest.raises(InputError):
+        load_corpus(str(bad), errors="ignore")
+
+    with pytest.raises(InputError, match="neither a built-in"):
+        load_corpus(str(tmp_path / "missing.txt"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(InputError, match="no text"):
+        load_corpus(str(empty))
+    empty.write_text("  \n\n\t\n")
+    with pytest.raises(InputError, match="no text"):
+        load_corpus(str(empty))
+    (tmp_path / "none").mkdir()
+    with pytest.raises(InputError, match="no .txt or .md"):
+        load_corpus(str(tmp_path / "none"))
+
+
+def test_encode_documents_appends_eot():
+    docs = ["hello world", "", f"literal {EOT} inside"]
+    tok = train_bpe(docs * 5, 300)
+    ids = encode_documents(tok, docs)
+    assert ids.dtype == np.int32
+    cuts = np.flatnonzero(ids == tok.eot_id)
+    assert len(cuts) == 3 and cuts[-1] == len(ids) - 1
+    pieces = np.split(ids, cuts + 1)[:-1]
+    assert [tok.decode(p[:-1]) for p in pieces] == docs
+    assert encode_documents(tok, []).shape == (0,)

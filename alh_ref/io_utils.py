@@ -25,12 +25,23 @@ def ensure_writable_dir(path) -> Path:
     return p
 
 
+def _file_mode(path) -> int:
+    """The mode a new file would get (0666 minus the umask), or the existing file's mode."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same folder + fsync + rename)."""
     path = Path(path)
     folder = ensure_writable_dir(path.parent if str(path.parent) else ".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
+        os.chmod(tmp, _file_mode(path))                     # mkstemp makes 0600; use the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -120,12 +120,16 @@ def init_params(cfg, seed=0, dtype=np.float32):
 
 
 def decayed(name):
-    """True for the parameters AdamW decays: the 2-D weight matrices.
+    """True for the parameters AdamW decays: the weight matrices and embedding tables.
 
-    As in nanoGPT, every parameter with 2 dimensions is decayed (the linear weights, wte, wpe and
-    lm_head.w); biases and LayerNorm gains/biases are not.
+    As in nanoGPT: linear weights (``*.w`` but not LayerNorm gains), wte, wpe and lm_head.w (also
+    under a prefix, e.g. ``alh.enc.wte``); never biases, LayerNorm parameters, context vectors
+    (``alh.c0``, ``alh.enc.c``) or the Householder directions ``alh.head.a`` (scale-free).
     """
-    return not (name.endswith(".b") or name.endswith(("ln_1.w", "ln_2.w", "ln_f.w")))
+    last = name.rsplit(".", 1)[-1]
+    if name.endswith(("ln_1.w", "ln_2.w", "ln_f.w")):
+        return False
+    return last in ("w", "wte", "wpe")
 
 
 def count_params(params, names=None):
@@ -135,6 +139,17 @@ def count_params(params, names=None):
 
 # ----------------------------------------------------------------------------------------------
 # Input validation at the API boundary
+
+def check_targets(targets, ignore, shape, V):
+    """Raise InputError unless targets (and the optional ignore mask) match the ids' shape (B,T)."""
+    check_ids(targets, V, "targets")
+    if targets.shape != shape:
+        raise InputError(f"targets has shape {targets.shape}; expected the shape of ids {shape}")
+    if ignore is not None:
+        if not isinstance(ignore, np.ndarray) or ignore.dtype != np.bool_ or ignore.shape != shape:
+            got = f"{getattr(ignore, 'dtype', type(ignore).__name__)} {getattr(ignore, 'shape', '')}"
+            raise InputError(f"ignore mask is {got}; expected a bool array of the ids' shape {shape}")
+
 
 def check_ids(ids, V, name="ids", max_T=None):
     """Raise InputError unless ``ids`` is a 2-D integer array with values in [0, V)."""
@@ -374,9 +389,7 @@ def gpt_forward(params, cfg, ids, targets=None, ignore=None, tok=None):
     V = cfg.vocab_size
     check_ids(ids, V, "ids", cfg.block_size)
     if targets is not None:
-        check_ids(targets, V, "targets")
-        if targets.shape != ids.shape:
-            raise InputError(f"targets has shape {targets.shape}; expected the shape of ids {ids.shape}")
+        check_targets(targets, ignore, ids.shape, V)
     c_emb = None
     if tok is None:
         tok, c_emb = embed_forward(params, ids)                                                 # (B,T) -> (B,T,C)

@@ -10,8 +10,8 @@
 - alh-shuffled reads a deranged batch's context, and derangements avoid fixed points and domains;
 - the transposed application (output site) is A^T, film's offset is z . beta, and the output site
   computes logits_v = z . (A e_v + b);
-- input validation: two strict xfails mark known bugs in alh_forward (unchecked shapes of targets
-  and of the ignore mask).
+- input validation: alh_forward and gpt_forward reject targets and ignore masks whose shape is not
+  the ids' shape (B,T).
 
 Arrays are built from drawn seeds with numpy generators; hypothesis draws seeds and shapes.
 """
@@ -325,7 +325,7 @@ def test_output_site_scores_the_transformed_dictionary(family, out_context, seed
 
 
 # ----------------------------------------------------------------------------------------------
-# Input validation (known bugs in alh_ref/alh/adapted.py, which these tests may not edit)
+# Input validation: targets and ignore must have the ids' shape
 
 def _small():
     d = {"V": 7, "C": 4, "L": 1, "T": 3, "block": 4, "B": 2, "D": 4, "K": 2, "R": 1}
@@ -333,28 +333,20 @@ def _small():
     return bcfg, acfg, base, hyp, ids_for(rng, d)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: adapted.alh_forward checks targets' values but not their shape (gpt_forward "
-                          "does); targets (B,T+1) for ids (B,T) are silently misaligned with the logits")
 def test_alh_forward_rejects_targets_of_another_shape():
     bcfg, acfg, base, hyp, ids = _small()
     B, T = ids.shape
-    try:
+    with pytest.raises(InputError, match="targets has shape"):
         alh_forward(base, hyp, bcfg, acfg, ids, np.zeros((B, T + 1), dtype=np.int64))
-    except InputError:
-        return
-    raise AssertionError("alh_forward accepted targets of shape (B,T+1) for ids of shape (B,T)")
+    with pytest.raises(InputError, match="targets has shape"):
+        gpt_forward(base, bcfg, ids, np.zeros((B, T + 1), dtype=np.int64))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: adapted.alh_forward (like model.gpt_forward) does not check the ignore mask's "
-                          "shape; a (B,T+1) mask silently shifts which positions count, and one with fewer "
-                          "than B*T entries makes the Numba CE kernel read past its weights")
 def test_alh_forward_rejects_an_ignore_mask_of_another_shape():
     bcfg, acfg, base, hyp, ids = _small()
     B, T = ids.shape
-    try:
-        alh_forward(base, hyp, bcfg, acfg, ids, ids, np.zeros((B, T + 1), dtype=bool))
-    except InputError:
-        return
-    raise AssertionError("alh_forward accepted an ignore mask of shape (B,T+1) for ids of shape (B,T)")
+    for bad in (np.zeros((B, T + 1), dtype=bool), np.zeros(B * T - 1, dtype=bool), np.zeros((B, T), dtype=np.int64)):
+        with pytest.raises(InputError, match="ignore mask"):
+            alh_forward(base, hyp, bcfg, acfg, ids, ids, bad)
+        with pytest.raises(InputError, match="ignore mask"):
+            gpt_forward(base, bcfg, ids, ids, bad)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..model import body_backward, body_forward, check_ids, embed_forward, param_shapes
+from ..model import body_backward, body_forward, check_ids, check_targets, embed_forward, param_shapes
 from ..ops import linear_backward, linear_forward, softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .encoders import ENCODERS, encoder_backward, encoder_forward, encoder_init, encoder_param_shapes
 from .transforms import FAMILIES, head_backward, head_forward, head_init, head_param_shapes, transform_backward, transform_forward
@@ -163,7 +163,7 @@ def alh_forward(base, hyp, bcfg, acfg, ids, targets=None, ignore=None, ctx_ids=N
     cache.update(theta=theta, tok=tok, zt=z, W=W, c_ext_shape=c_ext.shape)
     loss = None
     if targets is not None:
-        check_ids(targets, V, "targets")
+        check_targets(targets, ignore, ids.shape, V)
         ig = None if ignore is None else ignore.reshape(-1)
         loss, cache["loss"] = softmax_cross_entropy_forward(logits.reshape(-1, V), targets.reshape(-1), ig)
     return logits, loss, cache

@@ -133,7 +133,7 @@ def _lora_method(base, bcfg, rank, seed):
         return float(loss), {"lora.a": dW @ params["lora.b"].T,                     # (V,C) @ (C,R) -> (V,R)
                              "lora.b": params["lora.a"].T @ dW}                     # (R,V) @ (V,C) -> (R,C)
 
-    return Method("lora-embed", params, loss_and_grads, forward, lambda n: True, base, {"rank": rank})
+    return Method("lora-embed", params, loss_and_grads, forward, lambda n: True, base, {"rank": rank})  # both 2-D: decayed
 
 
 def make_method(name, base, bcfg, acfg=None, seed=0, lora_rank=4):

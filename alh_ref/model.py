@@ -237,27 +237,32 @@ def block_backward(dh_out, cache, l, grads, frozen=frozenset()):
     c_ln1, c_qkv, c_att, c_ao, c_ln2, c_fc, c_g, c_mo = cache
     p = f"h.{l}."
 
+    def need(name):
+        """Compute (w, b) gradients of a sub-layer unless both are frozen (db costs nothing extra)."""
+        return p + name + ".w" not in frozen or p + name + ".b" not in frozen
+
     def put(name, dw, db):
-        if dw is not None:
-            grads[p + name + ".w"], grads[p + name + ".b"] = dw, db
+        for n, g in ((p + name + ".w", dw), (p + name + ".b", db)):
+            if g is not None and n not in frozen:
+                grads[n] = g
 
     # h_out = a + mo
     dmo = dh_out                                                                                # (B,T,C)
-    dg, dw, db = linear_backward(dmo, c_mo, need_dw=p + "mlp.c_proj.w" not in frozen)           # (B,T,C) -> (B,T,4C)
+    dg, dw, db = linear_backward(dmo, c_mo, need_dw=need("mlp.c_proj"))                         # (B,T,C) -> (B,T,4C)
     put("mlp.c_proj", dw, db)
     df = gelu_backward(dg, c_g)                                                                 # (B,T,4C)
-    dx2, dw, db = linear_backward(df, c_fc, need_dw=p + "mlp.c_fc.w" not in frozen)             # (B,T,4C) -> (B,T,C)
+    dx2, dw, db = linear_backward(df, c_fc, need_dw=need("mlp.c_fc"))                           # (B,T,4C) -> (B,T,C)
     put("mlp.c_fc", dw, db)
-    da, dw, db = layernorm_backward(dx2, c_ln2, need_dw=p + "ln_2.w" not in frozen)             # (B,T,C)
+    da, dw, db = layernorm_backward(dx2, c_ln2, need_dw=need("ln_2"))                           # (B,T,C)
     put("ln_2", dw, db)
     da += dh_out                                                                                # residual: h_out = a + mo
     # a = h + ao
-    dy, dw, db = linear_backward(da, c_ao, need_dw=p + "attn.c_proj.w" not in frozen)           # (B,T,C) -> (B,T,C)
+    dy, dw, db = linear_backward(da, c_ao, need_dw=need("attn.c_proj"))                         # (B,T,C) -> (B,T,C)
     put("attn.c_proj", dw, db)
     dqkv = attention_backward(dy, c_att)                                                        # (B,T,C) -> (B,T,3C)
-    dx1, dw, db = linear_backward(dqkv, c_qkv, need_dw=p + "attn.c_attn.w" not in frozen)       # (B,T,3C) -> (B,T,C)
+    dx1, dw, db = linear_backward(dqkv, c_qkv, need_dw=need("attn.c_attn"))                     # (B,T,3C) -> (B,T,C)
     put("attn.c_attn", dw, db)
-    dh, dw, db = layernorm_backward(dx1, c_ln1, need_dw=p + "ln_1.w" not in frozen)             # (B,T,C)
+    dh, dw, db = layernorm_backward(dx1, c_ln1, need_dw=need("ln_1"))                           # (B,T,C)
     put("ln_1", dw, db)
     dh += da                                                                                    # residual: a = h + ao
     return dh
@@ -301,9 +306,10 @@ def body_backward(dz, cache, cfg, grads, frozen=frozenset()):
     dtok : ndarray (B,T,C)   dL/dtok, the gradient with respect to the input latents
     """
     caches, c_lnf, T = cache
-    dh, dw, db = layernorm_backward(dz, c_lnf, need_dw="ln_f.w" not in frozen)                  # (B,T,C)
-    if dw is not None:
-        grads["ln_f.w"], grads["ln_f.b"] = dw, db
+    dh, dw, db = layernorm_backward(dz, c_lnf, need_dw=not {"ln_f.w", "ln_f.b"} <= frozen)      # (B,T,C)
+    for n, g in (("ln_f.w", dw), ("ln_f.b", db)):
+        if g is not None and n not in frozen:
+            grads[n] = g
     for l in reversed(range(cfg.n_layer)):
         dh = block_backward(dh, caches[l], l, grads, frozen)                                    # (B,T,C)
     if "wpe" not in frozen:
@@ -415,6 +421,9 @@ def gpt_backward(cache, params, cfg, frozen=frozenset(), dloss=1.0):
     -------
     grads : dict name -> ndarray, for every parameter not in ``frozen``
     dtok : ndarray (B,T,C)   dL/d(input latents) — what an adapter of the latents trains on
+
+    The loss's cache is spent (dlogits are written over the cached probabilities): one backward per
+    forward; a second call raises RunError.
     """
     c_emb, c_body, c_head, c_loss = cache
     grads = {}

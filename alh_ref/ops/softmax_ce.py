@@ -6,6 +6,7 @@ and 1 otherwise. ``softmax_cross_entropy_forward`` / ``..._backward`` run the Nu
 """
 import numpy as np
 
+from ..errors import RunError
 from ._jit import kernel
 
 
@@ -44,9 +45,11 @@ def softmax_cross_entropy_forward_ref(logits, targets, ignore=None):
     loss : float (numpy scalar of logits' dtype)  loss = sum_i w_i (lse(z_i) - z_i[y_i]) / sum_i w_i
     cache : tuple (probs (N,V), targets (N,), w (N,), count float)
     """
+    shifted = logits - logits.max(axis=-1, keepdims=True)  # (N,V)
+    lse = np.log(np.exp(shifted).sum(axis=-1))              # (N,)  log-sum-exp of the shifted row
     probs = softmax_ref(logits)                             # (N,V)
     w, count = _weights(targets, ignore, logits.dtype)      # (N,), float
-    nll = -np.log(probs[np.arange(targets.shape[0]), targets])  # (N,)
+    nll = lse - shifted[np.arange(targets.shape[0]), targets]  # (N,)  -log p[y], finite even when p[y] underflows
     loss = logits.dtype.type((nll.astype(np.float64) * w).sum() / count)
     return loss, (probs, targets, w, count)
 
@@ -110,16 +113,21 @@ def softmax_cross_entropy_forward(logits, targets, ignore=None):
     probs = np.empty_like(logits)                           # (N,V)
     nll = np.empty(N, dtype=np.float64)                     # (N,)
     _softmax_ce_forward_kernel(logits, targets, w, probs, nll)
-    return logits.dtype.type(nll.sum() / count), (probs, targets, w, count)
+    return logits.dtype.type(nll.sum() / count), [probs, targets, w, count]  # a list: an in-place backward marks it spent
 
 
 def softmax_cross_entropy_backward(dloss, cache, inplace=False):
     """Backward of the fused softmax + cross-entropy (Numba kernel).
 
     Same contract as :func:`softmax_cross_entropy_backward_ref`; with ``inplace=True`` dlogits is
-    written over the cached probs (saves a (N,V) buffer; the cache is then spent).
+    written over the cached probs (saves a (N,V) buffer). The cache is then spent: a second
+    backward on it raises RunError instead of silently returning wrong gradients.
     """
     probs, targets, w, count = cache
+    if probs is None:
+        raise RunError("this softmax-cross-entropy cache was spent by an in-place backward; run the forward again")
     d = probs if inplace else np.empty_like(probs)          # (N,V)
     _softmax_ce_backward_kernel(probs, targets, w, probs.dtype.type(dloss / count), d)
+    if inplace:
+        cache[0] = None                                     # probs now hold dlogits
     return d

@@ -1,0 +1,64 @@
+"""Shared hypothesis strategies for the op and model tests.
+
+Arrays are built from a drawn integer seed with ``np.random.default_rng(seed)``: much faster than
+``hypothesis.extra.numpy.arrays`` and still reproducible (hypothesis shrinks the seed and the
+shapes; the values follow). Shapes deliberately include T = 1, NH = 1 and sizes that are not
+powers of two.
+"""
+import numpy as np
+from hypothesis import strategies as st
+
+DTYPES = (np.float32, np.float64)
+
+batch_size = st.integers(1, 3)         # B
+seq_len = st.integers(1, 9)            # T, including T = 1 (dims(min_T=...) narrows it)
+heads = st.integers(1, 3)              # NH
+head_size = st.integers(1, 5)          # hs, including 3 and 5
+seeds = st.integers(0, 2**32 - 1)
+dtypes = st.sampled_from(DTYPES)
+
+
+@st.composite
+def dims(draw, min_T=1):
+    """Attention-shaped dimensions.
+
+    Returns
+    -------
+    dict with B, T, NH, hs and C = NH * hs (ints); T >= ``min_T``.
+    """
+    B, T = draw(batch_size), draw(st.integers(max(1, min_T), 9))
+    NH, hs = draw(heads), draw(head_size)
+    return {"B": B, "T": T, "NH": NH, "hs": hs, "C": NH * hs}
+
+
+def float_array(seed, shape, dtype=np.float64, scale=1.0, shift=0.0):
+    """Standard normal array from a seed (a plain function, not a strategy).
+
+    Parameters
+    ----------
+    seed : int;  shape : tuple;  dtype : float32 or float64
+    scale, shift : float      out = shift + scale * N(0, 1), drawn in float64 then cast
+
+    Returns
+    -------
+    ndarray ``shape`` of ``dtype``, C-contiguous
+    """
+    rng = np.random.default_rng(seed)
+    return (shift + scale * rng.standard_normal(shape)).astype(dtype)  # shape
+
+
+@st.composite
+def float_arrays(draw, shape, dtype=np.float64, scale=1.0):
+    """Strategy: a ``float_array`` of the given shape from a drawn seed."""
+    return float_array(draw(seeds), shape, dtype, scale)
+
+
+def token_array(seed, shape, V):
+    """Token ids in [0, V) from a seed: ndarray ``shape`` int64."""
+    return np.random.default_rng(seed).integers(0, V, size=shape, dtype=np.int64)  # shape
+
+
+@st.composite
+def token_ids(draw, shape, V):
+    """Strategy: int64 token ids of ``shape`` in [0, V), from a drawn seed."""
+    return token_array(draw(seeds), shape, V)

@@ -1,0 +1,237 @@
+"""Every Numba kernel equals its NumPy twin, and the invariants softmax and attention must keep.
+
+Shapes come from tests/strategies.py (B 1..3, T 1..9 incl. T = 1, NH 1..3, hs 1..5, so C is often
+not a power of two).
+
+Tolerances (``close`` below): |got - expect| <= rtol |expect| + atol * max(1, max |expect|), the
+absolute part measured in units of the array's own scale.
+
+* float64: rtol = atol = 1e-12 (the two paths differ only in summation order; the largest gap seen
+  in development over 400 random cases per kernel was 0.5% of this bound).
+* float32: rtol = 2e-5, atol = 1e-5. The kernels accumulate some sums in float64 (an int division
+  or a float64 literal promotes them) and call libm's tanhf/expf, the twins stay in float32 with
+  NumPy's pairwise sums and SIMD tanh/exp. Most outputs then agree to a few ulps (gap < 3% of the
+  bound), but two are ill-conditioned in float32 and set the bound: LayerNorm's dx is multiplied
+  by rstd, which reaches 1/sqrt(eps) = 316 for a row of (nearly) equal values (gap 38% of the
+  bound), and GELU's backward computes 1 + tanh(u) with u << 0, whose relative error grows as x falls
+  (4e-4 at x = -4; docs/ops/gelu.md) (gap 12%).
+* AdamW float32: the kernel receives float64 scalars, does the update in float64 and rounds once;
+  the twin does every step in float32; p, m, v agree to a few ulps (same F32 bound).
+
+The last test runs a tiny model with ``NUMBA_DISABLE_JIT=1`` in a subprocess (every kernel then
+runs as the plain Python function) and checks it against the jitted run in this process.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from strategies import dims, dtypes, float_array, seeds, token_array
+
+from alh_ref.ops import (attention_backward, attention_backward_ref, attention_forward, attention_forward_ref,
+                         embedding_backward, embedding_backward_ref, embedding_forward, gelu_backward,
+                         gelu_backward_ref, gelu_forward, gelu_forward_ref, layernorm_backward,
+                         layernorm_backward_ref, layernorm_forward, layernorm_forward_ref,
+                         softmax_cross_entropy_backward, softmax_cross_entropy_backward_ref,
+                         softmax_cross_entropy_forward, softmax_cross_entropy_forward_ref, softmax_ref)
+from alh_ref.optim import _adamw_kernel, adamw_update_ref
+
+F64 = dict(rtol=1e-12, atol=1e-12)
+F32 = dict(rtol=2e-5, atol=1e-5)
+
+
+def tol(dtype):
+    """Tolerance keywords {rtol, atol} at ``dtype`` (atol in units of the array's scale)."""
+    return F64 if np.dtype(dtype) == np.float64 else F32
+
+
+def close(got, expect, dtype):
+    """Same dtype and shape; |got - expect| <= rtol |expect| + atol max(1, max |expect|)."""
+    got, expect = np.asarray(got), np.asarray(expect)
+    assert got.dtype == np.dtype(dtype) and expect.dtype == np.dtype(dtype)
+    t = tol(dtype)
+    scale = max(1.0, float(np.abs(expect).max())) if expect.size else 1.0
+    np.testing.assert_allclose(got, expect, rtol=t["rtol"], atol=t["atol"] * scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# kernel == twin
+
+@given(dims(), dtypes, seeds, st.booleans())
+@example({"B": 1, "T": 1, "NH": 1, "hs": 1, "C": 1}, np.float32, 0, True)
+@example({"B": 3, "T": 7, "NH": 3, "hs": 5, "C": 15}, np.float64, 1, False)
+def test_layernorm_parity(d, dtype, seed, need_dw):
+    B, T, C = d["B"], d["T"], d["C"]
+    x = float_array(seed, (B, T, C), dtype, scale=2.0, shift=0.3)      # (B,T,C)
+    w = float_array(seed + 1, (C,), dtype, scale=0.3, shift=1.0)       # (C,)
+    b = float_array(seed + 2, (C,), dtype, scale=0.1)                  # (C,)
+    dout = float_array(seed + 3, (B, T, C), dtype)                     # (B,T,C)
+    out, cache = layernorm_forward(x, w, b)
+    out_r, cache_r = layernorm_forward_ref(x, w, b)
+    close(out, out_r, dtype)
+    close(cache[2], cache_r[2], dtype)                                 # mean (B,T)
+    close(cache[3], cache_r[3], dtype)                                 # rstd (B,T)
+    dx, dw, db = layernorm_backward(dout, cache, need_dw=need_dw)
+    dx_r, dw_r, db_r = layernorm_backward_ref(dout, cache_r, need_dw=need_dw)
+    close(dx, dx_r, dtype)
+    if need_dw:
+        close(dw, dw_r, dtype)
+        close(db, db_r, dtype)
+    else:
+        assert dw is None and db is None and dw_r is None and db_r is None
+
+
+@given(st.integers(1, 40), dtypes, seeds)
+def test_gelu_parity(n, dtype, seed):
+    x = float_array(seed, (n, 3), dtype, scale=3.0)                    # (n,3)
+    dout = float_array(seed + 1, (n, 3), dtype)                        # (n,3)
+    out, cache = gelu_forward(x)
+    out_r, cache_r = gelu_forward_ref(x)
+    close(out, out_r, dtype)
+    close(gelu_backward(dout, cache), gelu_backward_ref(dout, cache_r), dtype)
+
+
+@given(dims(), dtypes, seeds)
+@example({"B": 1, "T": 1, "NH": 1, "hs": 1, "C": 1}, np.float32, 0)
+@example({"B": 3, "T": 7, "NH": 3, "hs": 5, "C": 15}, np.float32, 1)
+@example({"B": 3, "T": 7, "NH": 3, "hs": 5, "C": 15}, np.float64, 2)
+def test_attention_parity(d, dtype, seed):
+    B, T, NH, C = d["B"], d["T"], d["NH"], d["C"]
+    qkv = float_array(seed, (B, T, 3 * C), dtype)                      # (B,T,3C)
+    dout = float_array(seed + 1, (B, T, C), dtype)                     # (B,T,C)
+    out, cache = attention_forward(qkv, NH)
+    out_r, cache_r = attention_forward_ref(qkv, NH)
+    close(out, out_r, dtype)
+    close(cache[1], cache_r[1], dtype)                                 # att (B,NH,T,T)
+    close(attention_backward(dout, cache), attention_backward_ref(dout, cache_r), dtype)
+
+
+@given(st.integers(1, 30), st.integers(1, 13), dtypes, seeds, st.floats(0.1, 3.0), st.booleans())
+def test_softmax_ce_parity(N, V, dtype, seed, dloss, use_ignore):
+    rng = np.random.default_rng(seed)
+    logits = float_array(seed, (N, V), dtype, scale=3.0)               # (N,V)
+    targets = rng.integers(0, V, size=N)                               # (N,)
+    ignore = rng.random(N) < 0.3 if use_ignore else None               # (N,) bool
+    loss, cache = softmax_cross_entropy_forward(logits, targets, ignore)
+    loss_r, cache_r = softmax_cross_entropy_forward_ref(logits, targets, ignore)
+    close(loss, loss_r, dtype)
+    close(cache[0], cache_r[0], dtype)                                 # probs (N,V)
+    d_r = softmax_cross_entropy_backward_ref(dloss, cache_r)
+    close(softmax_cross_entropy_backward(dloss, cache), d_r, dtype)
+    close(softmax_cross_entropy_backward(dloss, cache, inplace=True), d_r, dtype)
+
+
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 7), st.integers(1, 6), dtypes, seeds)
+def test_embedding_parity(B, T, C, V, dtype, seed):
+    ids = token_array(seed, (B, T), V)                                 # (B,T) few ids: many repeats
+    table = float_array(seed + 1, (V, C), dtype)                       # (V,C)
+    out, cache = embedding_forward(ids, table)
+    np.testing.assert_array_equal(out, table[ids])
+    dout = float_array(seed + 2, (B, T, C), dtype)                     # (B,T,C)
+    close(embedding_backward(dout, cache), embedding_backward_ref(dout, cache), dtype)
+
+
+@given(st.integers(1, 50), dtypes, seeds, st.integers(1, 1000), st.sampled_from([0.0, 0.1]),
+       st.floats(0.05, 1.0), st.floats(1e-4, 1e-2))
+def test_adamw_kernel_parity(n, dtype, seed, t, wd, gscale, lr):
+    b1, b2, eps = 0.9, 0.95, 1e-8
+    p = float_array(seed, (n,), dtype)                                 # (n,)
+    g = float_array(seed + 1, (n,), dtype)                             # (n,)
+    m = float_array(seed + 2, (n,), dtype, scale=0.1)                  # (n,)
+    v = np.abs(float_array(seed + 3, (n,), dtype, scale=0.1))          # (n,) second moments >= 0
+    p_r, m_r, v_r = p.copy(), m.copy(), v.copy()                       # (n,) x3
+    _adamw_kernel(p, g, m, v, lr, b1, b2, eps, wd, 1.0 - b1 ** t, 1.0 - b2 ** t, gscale)
+    adamw_update_ref(p_r, g, m_r, v_r, lr, b1, b2, eps, wd, t, gscale)
+    for got, expect in ((p, p_r), (m, m_r), (v, v_r)):
+        close(got, expect, dtype)
+
+
+@pytest.mark.parametrize("dtype,gap", [(np.float32, 120.0), (np.float64, 800.0)])
+def test_softmax_ce_ref_matches_kernel_for_large_logit_gaps(dtype, gap):
+    logits = np.array([[0.0, gap, 0.0]], dtype=dtype)                 # (N,V) target far below the max
+    targets = np.array([0])                                           # (N,)
+    loss, _ = softmax_cross_entropy_forward(logits, targets)
+    assert loss == pytest.approx(gap)                                 # the kernel is right
+    with np.errstate(divide="ignore"):
+        loss_r, _ = softmax_cross_entropy_forward_ref(logits, targets)
+    assert loss_r == pytest.approx(gap)
+
+
+# ----------------------------------------------------------------------------------------------
+# invariants
+
+@given(st.integers(1, 8), st.integers(1, 13), dtypes, seeds)
+def test_softmax_rows_sum_to_one_and_shift_invariant(N, V, dtype, seed):
+    z = float_array(seed, (N, V), dtype, scale=3.0)                    # (N,V)
+    shift = float_array(seed + 1, (N, 1), dtype, scale=10.0)           # (N,1) a constant per row
+    zs = z + shift                                                     # (N,V)
+    targets = token_array(seed + 2, (N,), V)                           # (N,)
+    # rounding z + shift moves each logit by up to eps |z + shift|; p and the loss move by as much
+    t = tol(dtype)
+    shift_atol = t["atol"] + 2 * np.finfo(dtype).eps * float(np.abs(zs).max())
+    p = softmax_ref(z)                                                 # (N,V)
+    np.testing.assert_allclose(p.sum(-1), 1.0, **t)
+    np.testing.assert_allclose(softmax_ref(zs), p, rtol=0, atol=shift_atol)
+    loss, cache = softmax_cross_entropy_forward(z, targets)
+    loss_s, cache_s = softmax_cross_entropy_forward(zs, targets)
+    np.testing.assert_allclose(cache[0].sum(-1), 1.0, **t)             # the kernel's probs
+    np.testing.assert_allclose(cache_s[0], cache[0], rtol=0, atol=shift_atol)
+    np.testing.assert_allclose(loss_s, loss, rtol=t["rtol"], atol=2 * shift_atol)
+
+
+@pytest.mark.parametrize("impl", [attention_forward, attention_forward_ref], ids=["numba", "ref"])
+@given(d=dims(), dtype=dtypes, seed=seeds)
+@example(d={"B": 1, "T": 1, "NH": 1, "hs": 1, "C": 1}, dtype=np.float64, seed=0)
+@example(d={"B": 3, "T": 7, "NH": 3, "hs": 5, "C": 15}, dtype=np.float32, seed=1)
+def test_attention_rows_causal_and_normalised(impl, d, dtype, seed):
+    B, T, NH, C = d["B"], d["T"], d["NH"], d["C"]
+    qkv = float_array(seed, (B, T, 3 * C), dtype, scale=2.0)           # (B,T,3C)
+    _, (_, att, _) = impl(qkv, NH)                                     # att (B,NH,T,T)
+    assert att.shape == (B, NH, T, T) and att.dtype == np.dtype(dtype)
+    assert np.all(np.triu(att, k=1) == 0)                              # exactly zero above the diagonal
+    assert np.all(att >= 0)
+    np.testing.assert_allclose(att.sum(-1), 1.0, **tol(dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# NUMBA_DISABLE_JIT=1: every kernel as plain Python gives the jitted result
+
+_TINY = dict(vocab_size=13, block_size=6, n_layer=1, n_head=2, n_embd=6, tied=True)
+
+
+def tiny_results():
+    """Forward+backward of a tiny float64 model; returns {key: list of floats} (JSON-ready)."""
+    from alh_ref.model import GPTConfig, gpt_backward, gpt_forward, init_params
+    cfg = GPTConfig(**_TINY)
+    params = init_params(cfg, seed=1, dtype=np.float64)
+    rng = np.random.default_rng(2)
+    for name in params:                                                # non-degenerate values
+        params[name] = params[name] + 0.2 * rng.standard_normal(params[name].shape)  # shape
+    ids = rng.integers(0, cfg.vocab_size, size=(2, 5))                 # (B,T)
+    targets = rng.integers(0, cfg.vocab_size, size=(2, 5))             # (B,T)
+    logits, loss, cache = gpt_forward(params, cfg, ids, targets)
+    grads, dtok = gpt_backward(cache, params, cfg, dloss=1.3)
+    out = {"loss": [float(loss)], "logits": logits.ravel().tolist(), "dtok": dtok.ravel().tolist()}
+    out.update({"grad." + n: g.ravel().tolist() for n, g in grads.items()})
+    return out
+
+
+def test_disable_jit_matches_jitted():
+    script = ("import json, sys, numba; sys.path.insert(0, sys.argv[1]); "
+              "from test_ops_parity import tiny_results; "
+              "print(json.dumps({'jit_disabled': bool(numba.config.DISABLE_JIT), **tiny_results()}))")
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    proc = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    plain = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert plain.pop("jit_disabled") is True                           # the kernels really ran as Python
+    jitted = tiny_results()
+    assert set(plain) == set(jitted)
+    assert sum(k.startswith("grad.") for k in jitted) == 2 + 12 * _TINY["n_layer"] + 2  # every parameter
+    for k in jitted:
+        np.testing.assert_allclose(plain[k], jitted[k], rtol=1e-10, atol=1e-12, err_msg=k)

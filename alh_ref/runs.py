@@ -742,9 +742,6 @@ def _resume_adapt(rd, out, opts, progress):
     tok = find_tokenizer(opts.get("tokenizer") or rd)
     arrays, meta, cfg = _latest_for_resume(rd, tok.sha256, "adapt")
     o = _options(opts, ADAPT_IDENTITY, meta["options"])
-    if o["method"] == "alh-shuffled":
-        raise InputError("resuming an alh-shuffled run is not supported (its context shuffler's random state is "
-                         "private to the method and not saved); start the run again")
     s = _session(opts, meta)
     override = None if opts.get("base") is None else resolve_checkpoint(opts["base"], out)[0]
     base, _, found = load_base(meta["base"], rd, tok.sha256, override)

@@ -234,14 +234,15 @@ def test_pretrain_resume_is_bit_for_bit(capsys, tmp_path, texts, monkeypatch):
     _same_run(tmp_path / "full", tmp_path / "crash")
 
 
-def test_adapt_resume_is_bit_for_bit(capsys, base, texts):
-    common = ["--base", "base", "--method", "alh-lowrank", "--corpus", texts["b"], *ALH, "--batch-size", "4",
+@pytest.mark.parametrize("method", ["alh-lowrank", "alh-shuffled"])
+def test_adapt_resume_is_bit_for_bit(capsys, base, texts, method):
+    common = ["--base", "base", "--method", method, "--corpus", texts["b"], *ALH, "--batch-size", "4",
               "--ckpt-every", "3", "--out", base]
-    assert _run(capsys, "adapt", *common, "--steps", "6", "--name", "ad-full")[0] == 0
-    assert _run(capsys, "adapt", *common, "--steps", "3", "--decay-steps", "6", "--name", "ad-chunks")[0] == 0
-    code, _, err = _run(capsys, "adapt", "--resume", "--steps", "6", "--out", base, "--name", "ad-chunks")
+    assert _run(capsys, "adapt", *common, "--steps", "6", "--name", f"{method}-full")[0] == 0
+    assert _run(capsys, "adapt", *common, "--steps", "3", "--decay-steps", "6", "--name", f"{method}-chunks")[0] == 0
+    code, _, err = _run(capsys, "adapt", "--resume", "--steps", "6", "--out", base, "--name", f"{method}-chunks")
     assert code == 0, err
-    _same_run(base / "ad-full", base / "ad-chunks")
+    _same_run(base / f"{method}-full", base / f"{method}-chunks")
 
 
 def test_adapted_run_follows_and_checks_its_base(capsys, tmp_path, texts):

@@ -14,6 +14,7 @@
 ``loss_and_grads(x, y, dom=None)`` for the training loop and a ``forward(x, y=None, ignore=None, dom=None)``
 for evaluation. Base parameters that a method does not train are never written.
 """
+import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -79,12 +80,19 @@ def derangement(B, rng, dom=None):
     return perm
 
 
+def shuffle_rng(seed, x):
+    """The random stream alh-shuffled uses for batch ``x`` (B,T): a function of the seed and the
+    batch's contents only, so the shuffle needs no state of its own (resuming, evaluating and
+    replaying a batch all draw the same derangement)."""
+    digest = hashlib.sha256(np.ascontiguousarray(x, dtype=np.int64).tobytes()).digest()
+    return np.random.default_rng([seed, *np.frombuffer(digest[:16], dtype=np.uint32).tolist()])
+
+
 def _alh_method(name, base, bcfg, acfg, seed, shuffled=False):
     hyp = alh_init(bcfg, acfg, seed=seed, dtype=base["wte"].dtype)
-    rng = np.random.default_rng([seed, 0x5EED])                                      # the shuffler's own stream
 
     def ctx(x, dom):
-        return x[derangement(x.shape[0], rng, dom)] if shuffled else None
+        return x[derangement(x.shape[0], shuffle_rng(seed, x), dom)] if shuffled else None
 
     def forward(x, y=None, ignore=None, dom=None):
         return alh_forward(base, hyp, bcfg, acfg, x, y, ignore, ctx_ids=ctx(x, dom))

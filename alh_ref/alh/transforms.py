@@ -19,6 +19,7 @@ The head (a linear map of the context vector) produces theta. Derivations: docs/
 import numpy as np
 
 from ..ops import linear_backward, linear_forward
+from ..ops._jit import kernel
 
 FAMILIES = ("householder", "lowrank", "film")
 
@@ -157,8 +158,8 @@ def householder_vectors(theta):
     return ahat, sa, u2, s2, anorm, proj
 
 
-def householder_forward(theta, e, transpose=False):
-    """y = A e (or A^T e) with A = H(u_K)...H(u_1); off is None (b = 0).
+def householder_forward_ref(theta, e, transpose=False):
+    """y = A e (or A^T e) with A = H(u_K)...H(u_1); off is None (b = 0). NumPy reference.
 
     Parameters
     ----------
@@ -185,13 +186,12 @@ def householder_forward(theta, e, transpose=False):
             x = reflect(ahat[j], sa[j], x)                                                  # (B,S,C)
         else:
             x = reflect(u2[:, :, j], s2[:, :, j], x)                                        # (B,S,C)
-    return x, None, ("householder", theta, ahat, sa, u2, s2, anorm, proj, ops, xs)
+    return x, None, ("householder_ref", theta, ahat, sa, u2, s2, anorm, proj, ops, xs)
 
 
-def householder_backward(dy, doff, cache):
-    """Backward of :func:`householder_forward`: returns dtheta {"v","a"}, de (B,S,C)."""
+def householder_backward_ref(dy, doff, cache):
+    """Backward of :func:`householder_forward_ref`: returns dtheta {"v","a"}, de (B,S,C). NumPy reference."""
     _, theta, ahat, sa, u2, s2, anorm, proj, ops, xs = cache
-    v = theta["v"]
     dahat = np.zeros_like(ahat)                                                             # (J,C)
     du2 = np.zeros_like(u2)                                                                 # (B,S,J,C)
     dx = dy
@@ -202,13 +202,177 @@ def householder_backward(dy, doff, cache):
         else:
             dx, du2[:, :, j] = reflect_backward(dx, u2[:, :, j], s2[:, :, j], x)            # (B,S,C)
     # (reflect_backward differentiates s = u . u too, so du already holds the whole dependence on u)
+    dtheta = _householder_vectors_backward(du2, dahat, theta, ahat, anorm, proj)
+    return dtheta, dx
+
+
+def _householder_vectors_backward(du2, dahat, theta, ahat, anorm, proj):
+    """Backward of :func:`householder_vectors`: from dL/du2 (B,S,J,C) and dL/dahat (J,C) to dv, da.
+
+    u2 = a^ + v - (a^ . v) a^  and  a^ = a / ||a||  (docs/alh.md, "Householder backward").
+    """
+    v = theta["v"]
     # u2 = ahat + v - (ahat . v) ahat
     dproj = -(du2 * ahat).sum(-1)                                                           # (B,S,J)
     dv = du2 + dproj[..., None] * ahat                                                      # (B,S,J,C)  = P du2
     dahat += (du2 + dproj[..., None] * v - proj[..., None] * du2).reshape(-1, *ahat.shape).sum(0)  # (J,C)
     # ahat = a / ||a||
     da = (dahat - (dahat * ahat).sum(-1, keepdims=True) * ahat) / anorm[:, None]            # (J,C)
-    return {"v": dv, "a": da}, dx
+    return {"v": dv, "a": da}
+
+
+# Numba kernels: the whole chain of 2J reflections for one position at a time, in registers/L1,
+# with u2 = a^ + P v built on the fly (no (B,S,J,C) temporaries). Reflection k (0-based,
+# application order k = 0..2J-1, reversed when transposed) is H(a^_j) for even k and H(u2_j) for
+# odd k, with j = k // 2.
+
+@kernel
+def _householder_u2(ahat, v, n, u2, s2, proj):
+    # ahat: (J,C); v: (N,J,C) -> u2: (J,C), s2: (J,), proj: (J,) for position n
+    J, C = ahat.shape
+    for j in range(J):
+        p = v.dtype.type(0)
+        for c in range(C):
+            p += ahat[j, c] * v[n, j, c]
+        ss = v.dtype.type(0)
+        for c in range(C):
+            u = ahat[j, c] + v[n, j, c] - p * ahat[j, c]
+            u2[j, c] = u
+            ss += u * u
+        s2[j] = ss
+        proj[j] = p
+
+
+@kernel
+def _householder_forward_kernel(ahat, sa, v, x, transpose, y):
+    # ahat: (J,C); sa: (J,); v: (N,J,C); x, y: (N,C)
+    N, C = x.shape
+    J = ahat.shape[0]
+    K = 2 * J
+    two = x.dtype.type(2)
+    u2 = np.empty((J, C), dtype=x.dtype)
+    s2 = np.empty(J, dtype=x.dtype)
+    proj = np.empty(J, dtype=x.dtype)
+    for n in range(N):
+        _householder_u2(ahat, v, n, u2, s2, proj)
+        for c in range(C):
+            y[n, c] = x[n, c]
+        for step in range(K):
+            k = K - 1 - step if transpose else step
+            j = k // 2
+            u = ahat[j] if k % 2 == 0 else u2[j]
+            s = sa[j] if k % 2 == 0 else s2[j]
+            alpha = x.dtype.type(0)
+            for c in range(C):
+                alpha += u[c] * y[n, c]
+            f = two * alpha / s
+            for c in range(C):
+                y[n, c] -= f * u[c]
+
+
+@kernel
+def _householder_backward_kernel(ahat, sa, v, x, transpose, dy, dx, dv, dahat):
+    # ahat, dahat: (J,C) (dahat zeroed by the caller); sa: (J,); v, dv: (N,J,C); x, dy, dx: (N,C).
+    # Recomputes u2 and each reflection's input instead of storing them; then maps dL/du2 to
+    # dL/dv = P du2 and accumulates dL/da^ (see _householder_vectors_backward, the NumPy form).
+    N, C = x.shape
+    J = ahat.shape[0]
+    K = 2 * J
+    two = x.dtype.type(2)
+    four = x.dtype.type(4)
+    buf = np.empty((K, C), dtype=x.dtype)                   # inputs of the K reflections
+    u2 = np.empty((J, C), dtype=x.dtype)
+    s2 = np.empty(J, dtype=x.dtype)
+    proj = np.empty(J, dtype=x.dtype)
+    du2 = np.empty((J, C), dtype=x.dtype)
+    for n in range(N):
+        _householder_u2(ahat, v, n, u2, s2, proj)
+        du2[:] = 0
+        for c in range(C):
+            dx[n, c] = x[n, c]                              # dx doubles as the running vector
+        for step in range(K):
+            k = K - 1 - step if transpose else step
+            j = k // 2
+            u = ahat[j] if k % 2 == 0 else u2[j]
+            s = sa[j] if k % 2 == 0 else s2[j]
+            alpha = x.dtype.type(0)
+            for c in range(C):
+                buf[step, c] = dx[n, c]
+                alpha += u[c] * dx[n, c]
+            f = two * alpha / s
+            for c in range(C):
+                dx[n, c] -= f * u[c]
+        for c in range(C):
+            dx[n, c] = dy[n, c]                             # now the running gradient
+        for step in range(K - 1, -1, -1):
+            k = K - 1 - step if transpose else step
+            j = k // 2
+            u = ahat[j] if k % 2 == 0 else u2[j]
+            s = sa[j] if k % 2 == 0 else s2[j]
+            alpha = x.dtype.type(0)
+            beta = x.dtype.type(0)
+            for c in range(C):
+                alpha += u[c] * buf[step, c]
+                beta += u[c] * dx[n, c]
+            f = two / s
+            h = four * alpha * beta / (s * s)
+            du = dahat[j] if k % 2 == 0 else du2[j]         # a view: accumulate into it
+            for c in range(C):
+                du[c] += h * u[c] - f * (alpha * dx[n, c] + beta * buf[step, c])
+            for c in range(C):
+                dx[n, c] -= f * beta * u[c]                 # dx = H(u) dy
+        # u2 = a^ + v - (a^ . v) a^:  dv = du2 + dproj a^,  da^ += du2 + dproj v - proj du2,  dproj = -(du2 . a^)
+        for j in range(J):
+            dp = x.dtype.type(0)
+            for c in range(C):
+                dp -= du2[j, c] * ahat[j, c]
+            for c in range(C):
+                dv[n, j, c] = du2[j, c] + dp * ahat[j, c]
+                dahat[j, c] += du2[j, c] + dp * v[n, j, c] - proj[j] * du2[j, c]
+
+
+def _ahat(a):
+    """a^ = a / ||a|| (J,C), its norms (J,) and sa = a^ . a^ (J,) (1 up to rounding)."""
+    anorm = np.sqrt((a * a).sum(-1))                                                        # (J,)
+    ahat = a / anorm[:, None]                                                               # (J,C)
+    return ahat, anorm, (ahat * ahat).sum(-1)                                               # (J,C), (J,), (J,)
+
+
+def householder_forward(theta, e, transpose=False):
+    """y = A e (or A^T e) with A = H(u_K)...H(u_1); off is None (b = 0). Numba kernel.
+
+    Same contract as :func:`householder_forward_ref`.
+
+    Parameters
+    ----------
+    theta : {"v": (B,S,J,C), "a": (J,C)}
+    e : ndarray (B,S,C)
+    transpose : bool
+
+    Returns
+    -------
+    y : (B,S,C);  off : None;  cache
+    """
+    ahat, anorm, sa = _ahat(theta["a"])
+    B, S, C = e.shape
+    J = ahat.shape[0]
+    e2 = np.ascontiguousarray(e).reshape(B * S, C)                                          # (N,C)
+    vf = np.ascontiguousarray(theta["v"]).reshape(B * S, J, C)                              # (N,J,C)
+    y = np.empty_like(e2)                                                                   # (N,C)
+    _householder_forward_kernel(ahat, sa, vf, e2, transpose, y)
+    return y.reshape(B, S, C), None, ("householder", ahat, anorm, sa, vf, e2, transpose)
+
+
+def householder_backward(dy, doff, cache):
+    """Backward of :func:`householder_forward` (Numba kernel): returns dtheta {"v","a"}, de (B,S,C)."""
+    _, ahat, anorm, sa, vf, e2, transpose = cache
+    N, J, C = vf.shape
+    dx = np.empty_like(e2)                                                                  # (N,C)
+    dv = np.empty_like(vf)                                                                  # (N,J,C)
+    dahat = np.zeros_like(ahat)                                                             # (J,C)
+    _householder_backward_kernel(ahat, sa, vf, e2, transpose, np.ascontiguousarray(dy).reshape(N, C), dx, dv, dahat)
+    da = (dahat - (dahat * ahat).sum(-1, keepdims=True) * ahat) / anorm[:, None]            # (J,C)  a^ = a/||a||
+    return {"v": dv.reshape(dy.shape[:-1] + (J, C)), "a": da}, dx.reshape(dy.shape)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,7 +432,8 @@ def film_backward(dy, doff, cache):
 
 
 _FORWARD = {"householder": householder_forward, "lowrank": lowrank_forward, "film": film_forward}
-_BACKWARD = {"householder": householder_backward, "lowrank": lowrank_backward, "film": film_backward}
+_BACKWARD = {"householder": householder_backward, "householder_ref": householder_backward_ref,
+             "lowrank": lowrank_backward, "film": film_backward}
 
 
 def transform_forward(family, theta, e, transpose=False):

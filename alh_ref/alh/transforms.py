@@ -378,19 +378,19 @@ def householder_backward(dy, doff, cache):
 # ----------------------------------------------------------------------------------------------
 # Low rank
 
-def lowrank_forward(theta, e, transpose=False):
-    """y = e + U^T (V e)  (or the transpose, y = e + V^T (U e)); off None.
+def lowrank_forward_ref(theta, e, transpose=False):
+    """y = e + U^T (V e)  (or the transpose, y = e + V^T (U e)); off None. NumPy reference.
 
     theta : {"U": (B,S,R,C), "V": (B,S,R,C)};  e : (B,S,C).  Returns y (B,S,C), None, cache.
     """
     L, Rr = (theta["U"], theta["V"]) if transpose else (theta["V"], theta["U"])             # read with L, write with Rr
     s = (L * e[..., None, :]).sum(-1)                                                       # (B,S,R,C) * (B,S,1,C) -> (B,S,R)
     y = e + (s[..., None] * Rr).sum(-2)                                                     # (B,S,R,1) * (B,S,R,C) -> (B,S,C)
-    return y, None, ("lowrank", theta, e, s, transpose)
+    return y, None, ("lowrank_ref", theta, e, s, transpose)
 
 
-def lowrank_backward(dy, doff, cache):
-    """Backward of :func:`lowrank_forward`: dRr = s dy^T, ds = Rr dy, dL = ds e^T, de = dy + L^T ds."""
+def lowrank_backward_ref(dy, doff, cache):
+    """Backward of :func:`lowrank_forward_ref` (NumPy reference): dRr = s dy^T, ds = Rr dy, dL = ds e^T, de = dy + L^T ds."""
     _, theta, e, s, transpose = cache
     L, Rr = (theta["U"], theta["V"]) if transpose else (theta["V"], theta["U"])
     dRr = s[..., :, None] * dy[..., None, :]                                                # (B,S,R,1)*(B,S,1,C) -> (B,S,R,C)
@@ -399,6 +399,70 @@ def lowrank_backward(dy, doff, cache):
     de = dy + (ds[..., None] * L).sum(-2)                                                   # (B,S,R,1) * (B,S,R,C) -> (B,S,C)
     dtheta = {"U": dL, "V": dRr} if transpose else {"U": dRr, "V": dL}
     return dtheta, de
+
+
+@kernel
+def _lowrank_forward_kernel(L, Rr, x, y, s):
+    # L, Rr: (N,R,C) (read with L, write with Rr); x, y: (N,C); s: (N,R)
+    N, R, C = L.shape
+    for n in range(N):
+        for c in range(C):
+            y[n, c] = x[n, c]
+        for r in range(R):
+            acc = x.dtype.type(0)
+            for c in range(C):
+                acc += L[n, r, c] * x[n, c]
+            s[n, r] = acc
+            for c in range(C):
+                y[n, c] += acc * Rr[n, r, c]
+
+
+@kernel
+def _lowrank_backward_kernel(L, Rr, x, s, dy, dL, dRr, dx):
+    # L, Rr, dL, dRr: (N,R,C); x, dy, dx: (N,C); s: (N,R)
+    N, R, C = L.shape
+    for n in range(N):
+        for c in range(C):
+            dx[n, c] = dy[n, c]
+        for r in range(R):
+            ds = x.dtype.type(0)
+            for c in range(C):
+                ds += Rr[n, r, c] * dy[n, c]
+                dRr[n, r, c] = s[n, r] * dy[n, c]
+            for c in range(C):
+                dL[n, r, c] = ds * x[n, c]
+                dx[n, c] += ds * L[n, r, c]
+
+
+def lowrank_forward(theta, e, transpose=False):
+    """y = e + U^T (V e)  (or the transpose, y = e + V^T (U e)); off None. Numba kernel.
+
+    Same contract as :func:`lowrank_forward_ref`: theta {"U": (B,S,R,C), "V": (B,S,R,C)}, e (B,S,C).
+    """
+    B, S, C = e.shape
+    R = theta["U"].shape[2]
+    L, Rr = (theta["U"], theta["V"]) if transpose else (theta["V"], theta["U"])             # read with L, write with Rr
+    L = L.reshape(B * S, R, C)                                                              # (N,R,C) (a view of the head output)
+    Rr = Rr.reshape(B * S, R, C)                                                            # (N,R,C)
+    x = np.ascontiguousarray(e).reshape(B * S, C)                                           # (N,C)
+    y = np.empty_like(x)                                                                    # (N,C)
+    s = np.empty((B * S, R), dtype=e.dtype)                                                 # (N,R)
+    _lowrank_forward_kernel(L, Rr, x, y, s)
+    return y.reshape(B, S, C), None, ("lowrank", L, Rr, x, s, transpose)
+
+
+def lowrank_backward(dy, doff, cache):
+    """Backward of :func:`lowrank_forward` (Numba kernel): dRr = s dy^T, ds = Rr dy, dL = ds e^T, de = dy + L^T ds."""
+    _, L, Rr, x, s, transpose = cache
+    N, R, C = L.shape
+    dL = np.empty((N, R, C), dtype=x.dtype)                                                 # (N,R,C)
+    dRr = np.empty((N, R, C), dtype=x.dtype)                                                # (N,R,C)
+    dx = np.empty_like(x)                                                                   # (N,C)
+    _lowrank_backward_kernel(L, Rr, x, s, np.ascontiguousarray(dy).reshape(N, C), dL, dRr, dx)
+    shp = dy.shape[:-1] + (R, C)
+    dL, dRr = dL.reshape(shp), dRr.reshape(shp)                                             # (B,S,R,C)
+    dtheta = {"U": dL, "V": dRr} if transpose else {"U": dRr, "V": dL}
+    return dtheta, dx.reshape(dy.shape)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,7 +497,7 @@ def film_backward(dy, doff, cache):
 
 _FORWARD = {"householder": householder_forward, "lowrank": lowrank_forward, "film": film_forward}
 _BACKWARD = {"householder": householder_backward, "householder_ref": householder_backward_ref,
-             "lowrank": lowrank_backward, "film": film_backward}
+             "lowrank": lowrank_backward, "lowrank_ref": lowrank_backward_ref, "film": film_backward}
 
 
 def transform_forward(family, theta, e, transpose=False):

@@ -334,11 +334,13 @@ def head_forward(params, cfg, z):
     logits : ndarray (B,T,V)   logits = z @ wte^T (tied) or z @ lm_head.w
     cache : tuple (z, name of the dictionary)
     """
+    B, T, C = z.shape
+    z2 = z.reshape(B * T, C)                                                                    # (B,T,C) -> (N,C): one 2-D BLAS call
     if cfg.tied:
-        logits = z @ params["wte"].T                                                            # (B,T,C) @ (C,V) -> (B,T,V)
-        return logits, (z, "wte")
-    logits = z @ params["lm_head.w"]                                                            # (B,T,C) @ (C,V) -> (B,T,V)
-    return logits, (z, "lm_head.w")
+        logits = z2 @ params["wte"].T                                                           # (N,C) @ (C,V) -> (N,V)
+        return logits.reshape(B, T, -1), (z, "wte")                                             # (N,V) -> (B,T,V)
+    logits = z2 @ params["lm_head.w"]                                                           # (N,C) @ (C,V) -> (N,V)
+    return logits.reshape(B, T, -1), (z, "lm_head.w")                                           # (N,V) -> (B,T,V)
 
 
 def head_backward(dlogits, cache, params, grads, frozen=frozenset()):
@@ -433,5 +435,8 @@ def gpt_backward(cache, params, cfg, frozen=frozenset(), dloss=1.0):
     dtok = body_backward(dz, c_body, cfg, grads, frozen)                                        # (B,T,C)
     if c_emb is not None and "wte" not in frozen:
         dwte = embed_backward(dtok, c_emb)                                                      # (B,T,C) -> (V,C)
-        grads["wte"] = grads["wte"] + dwte if "wte" in grads else dwte
+        if "wte" in grads:
+            grads["wte"] += dwte                                                                # tied: add to the head's dW (ours, fresh)
+        else:
+            grads["wte"] = dwte
     return grads, dtok

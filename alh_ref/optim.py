@@ -49,22 +49,39 @@ def lr_at(step, cfg):
     return lo + (cfg.lr - lo) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
+@kernel
+def _sumsq_kernel(g):
+    """sum_i g[i]^2 of a flat array, accumulated in float64 (no float64 copy of g is made)."""
+    acc = 0.0
+    for i in range(g.shape[0]):
+        gi = np.float64(g[i])
+        acc += gi * gi
+    return acc
+
+
 def global_grad_norm(grads, names):
     """||g||_2 over all named gradients (accumulated in float64)."""
-    return math.sqrt(sum(float(np.dot(grads[n].ravel().astype(np.float64, copy=False),
-                                      grads[n].ravel().astype(np.float64, copy=False))) for n in names))
+    return math.sqrt(sum(_sumsq_kernel(np.ascontiguousarray(grads[n]).reshape(-1)) for n in names))
 
 
 @kernel
 def _adamw_kernel(p, g, m, v, lr, b1, b2, eps, wd, bc1, bc2, gscale):
-    # p, g, m, v: (n,) flat views of one tensor; scalars float64
+    """One AdamW update of one tensor in place, in float64, rounded once into p, m, v.
+
+    p, g, m, v: (n,) flat views of one tensor; scalars float64; bc1 = 1 - b1^t, bc2 = 1 - b2^t.
+    p <- p - lr (m / bc1 / (sqrt(v / bc2) + eps) + wd p), written as m (1/bc1) / (sqrt(v) (1/sqrt(bc2)) + eps)
+    so the loop has one sqrt and one division per element (the two slow vector instructions).
+    """
+    inv_bc1 = 1.0 / bc1
+    inv_sqrt_bc2 = 1.0 / np.sqrt(bc2)
     for i in range(p.shape[0]):
         gi = g[i] * gscale
-        m[i] = b1 * m[i] + (1.0 - b1) * gi
-        v[i] = b2 * v[i] + (1.0 - b2) * gi * gi
-        mhat = m[i] / bc1
-        vhat = v[i] / bc2
-        p[i] = p[i] - lr * (mhat / (np.sqrt(vhat) + eps) + wd * p[i])
+        mi = b1 * m[i] + (1.0 - b1) * gi
+        vi = b2 * v[i] + (1.0 - b2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        pi = np.float64(p[i])
+        p[i] = pi - lr * (mi * inv_bc1 / (np.sqrt(vi) * inv_sqrt_bc2 + eps) + wd * pi)
 
 
 def adamw_update_ref(p, g, m, v, lr, b1, b2, eps, wd, t, gscale=1.0):

@@ -7,7 +7,7 @@ and 1 otherwise. ``softmax_cross_entropy_forward`` / ``..._backward`` run the Nu
 import numpy as np
 
 from ..errors import RunError
-from ._jit import kernel
+from ._jit import fexp, kernel, rowmax
 
 
 def softmax_ref(z):
@@ -75,23 +75,28 @@ def softmax_cross_entropy_backward_ref(dloss, cache):
 
 @kernel
 def _softmax_ce_forward_kernel(logits, targets, w, probs, nll):
-    # logits, probs: (N,V); targets: (N,); w, nll: (N,) float64
+    """Row by row: probs = softmax(logits); nll_i = w_i (log sum_j exp(z_ij - max_i) - (z_iy - max_i)).
+
+    logits, probs: (N,V) (float32 maths stays float32: fexp vectorises the exp pass);
+    targets: (N,) int; w: (N,) 0/1 of logits' dtype; nll: (N,) float64 (lse - z_y, finite even when
+    p_y underflows).
+    """
     N, V = logits.shape
+    zero = logits.dtype.type(0)
+    one = logits.dtype.type(1)
     for i in range(N):
-        mx = logits[i, 0]
-        for j in range(1, V):
-            if logits[i, j] > mx:
-                mx = logits[i, j]
-        tot = logits.dtype.type(0)
+        z = logits[i]                                       # (V,)
+        p = probs[i]                                        # (V,)
+        mx = rowmax(z, V)
+        tot = zero
         for j in range(V):
-            e = np.exp(logits[i, j] - mx)
-            probs[i, j] = e
+            e = fexp(z[j] - mx)
+            p[j] = e
             tot += e
-        inv = logits.dtype.type(1) / tot
+        inv = one / tot
         for j in range(V):
-            probs[i, j] *= inv
-        y = targets[i]
-        nll[i] = w[i] * (np.log(np.float64(tot)) - np.float64(logits[i, y] - mx))
+            p[j] *= inv
+        nll[i] = w[i] * (np.log(np.float64(tot)) - np.float64(z[targets[i]] - mx))
 
 
 @kernel

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""alh_ref vs the PyTorch CPU anchor, interleaved: A B A B ... in separate subprocesses.
+
+Each round runs, per config, ``bench_train.py`` (A, this Python) and then
+``../shared/bench/torch_anchor.py`` (B, the torch venv's Python), each as a fresh process with the
+same --steps and --threads, and reads the JSON line each prints last. The machines are noisy
+(+-30% between runs), so the two are compared inside one run and the figure quoted is the ratio of
+medians over the rounds: ratio = median(alh_ref tok/s) / median(torch tok/s)  (> 1: alh_ref faster).
+
+Usage:
+  python benchmarks/compare_torch.py [--config tiny|small|all] [--rounds 3] [--steps 30] [--threads 2]
+                                     [--torch-python PATH] [--anchor PATH] [--wait-idle SECONDS]
+
+The torch Python is --torch-python, else $ALH_TORCH_PYTHON, else $HOME/torch-venv/bin/python
+(set it up with: python3 -m venv $HOME/torch-venv && $HOME/torch-venv/bin/pip install torch==2.13.0 numpy).
+If it is missing, this says so and times alh_ref alone (ratio null). Prints a table and, last, one
+JSON line ``{"bench": "alh_ref_vs_torch", "results": {config: {...}}, ...}``.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEFAULT_ANCHOR = REPO.parent / "shared" / "bench" / "torch_anchor.py"
+DEFAULT_TORCH_PY = Path.home() / "torch-venv" / "bin" / "python"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", choices=["tiny", "small", "all"], default="all")
+    p.add_argument("--rounds", type=int, default=3, help="A B rounds per config")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per run (median of these)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--torch-python", default=os.environ.get("ALH_TORCH_PYTHON", str(DEFAULT_TORCH_PY)),
+                   help="Python of the torch venv (default $ALH_TORCH_PYTHON or ~/torch-venv/bin/python)")
+    p.add_argument("--anchor", default=str(DEFAULT_ANCHOR), help="path of torch_anchor.py")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per benchmark process")
+    p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                   help="before each run, wait up to SECONDS for the CPUs to be >= 90%% idle (Linux /proc/stat); "
+                        "each run records whether it started on an idle machine")
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.steps < 1 or args.threads < 1:
+        p.error("--rounds, --steps and --threads must be >= 1")
+    return args
+
+
+def run_json(cmd, timeout):
+    """Run ``cmd``; return the JSON object on its last stdout line (RuntimeError with stderr if none)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def idle_fraction(seconds=1.0):
+    """Fraction of CPU time all cores spent idle over the next ``seconds`` (Linux /proc/stat; None elsewhere)."""
+    def snapshot():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)                          # idle + iowait, total jiffies
+    try:
+        i0, t0 = snapshot()
+        time.sleep(seconds)
+        i1, t1 = snapshot()
+    except OSError:
+        return None
+    return (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_idle(max_wait):
+    """Wait up to ``max_wait`` s for two consecutive seconds >= 90% idle; True if found (or not waiting)."""
+    if max_wait <= 0:
+        return True
+    deadline = time.monotonic() + max_wait
+    while time.monotonic() < deadline:
+        f = idle_fraction()
+        if f is None:
+            return False
+        if f >= 0.9 and idle_fraction() >= 0.9:
+            return True
+    return False
+
+
+def torch_available(python, anchor):
+    """(ok, why not) for the torch side: the anchor script exists and its Python imports torch."""
+    if not Path(anchor).is_file():
+        return False, f"torch anchor {anchor} not found (expected ../shared/bench/torch_anchor.py beside the repo)"
+    if not Path(python).is_file():
+        return False, (f"torch Python {python} not found; set it up with `python3 -m venv $HOME/torch-venv && "
+                       "$HOME/torch-venv/bin/pip install torch==2.13.0 numpy`, or pass --torch-python / $ALH_TORCH_PYTHON")
+    proc = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return False, f"{python} cannot import torch: {proc.stderr.strip().splitlines()[-1:]}"
+    return True, proc.stdout.strip()
+
+
+def main():
+    args = parse_args()
+    configs = ["tiny", "small"] if args.config == "all" else [args.config]
+    have_torch, torch_info = torch_available(args.torch_python, args.anchor)
+    if not have_torch:
+        print(f"TORCH SKIPPED: {torch_info}", flush=True)
+    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    load_before = os.getloadavg()
+    runs = {c: {"alh_ref": [], "torch": []} for c in configs}
+    for r in range(args.rounds):
+        for c in configs:
+            a_idle = wait_idle(args.wait_idle)
+            a = run_json([sys.executable, str(HERE / "bench_train.py"), "--config", c, *common], args.timeout)
+            a["started_idle"] = a_idle
+            runs[c]["alh_ref"].append(a)
+            line = f"round {r + 1}/{args.rounds} {c:5s}  alh_ref {a['train_tok_s']:>9.1f} tok/s ({a['train_ms_median']:.2f} ms)"
+            if have_torch:
+                b_idle = wait_idle(args.wait_idle)
+                b = run_json([args.torch_python, args.anchor, "--config", c, *common], args.timeout)
+                b["started_idle"] = b_idle
+                runs[c]["torch"].append(b)
+                line += (f"  torch {b['train_tok_s']:>9.1f} tok/s ({b['train_ms_median']:.2f} ms)"
+                         f"  ratio {a['train_tok_s'] / b['train_tok_s']:.2f}")
+            if args.wait_idle > 0:
+                line += "  [started idle: " + " ".join(str(x[-1]["started_idle"]) for x in runs[c].values() if x) + "]"
+            print(line, flush=True)
+
+    results = {}
+    for c in configs:
+        a_tok = [x["train_tok_s"] for x in runs[c]["alh_ref"]]
+        b_tok = [x["train_tok_s"] for x in runs[c]["torch"]]
+        a_med = statistics.median(a_tok)
+        b_med = statistics.median(b_tok) if b_tok else None
+        results[c] = dict(
+            alh_ref_tok_s=round(a_med, 1),
+            alh_ref_ms_median=round(statistics.median(x["train_ms_median"] for x in runs[c]["alh_ref"]), 3),
+            alh_ref_peak_rss_mb=max(x["peak_rss_mb"] for x in runs[c]["alh_ref"]),
+            torch_tok_s=None if b_med is None else round(b_med, 1),
+            torch_ms_median=None if not b_tok else round(statistics.median(x["train_ms_median"] for x in runs[c]["torch"]), 3),
+            ratio=None if b_med is None else round(a_med / b_med, 3),
+            alh_ref_tok_s_rounds=a_tok, torch_tok_s_rounds=b_tok,
+            runs_started_idle=(sum(x["started_idle"] for x in runs[c]["alh_ref"] + runs[c]["torch"])
+                               if args.wait_idle > 0 else None),
+        )
+    load_after = os.getloadavg()
+
+    print(f"\nthreads={args.threads} steps={args.steps} rounds={args.rounds} torch={torch_info if have_torch else 'skipped'}"
+          f"  load average before/after {load_before[0]:.2f}/{load_after[0]:.2f} on {os.cpu_count()} CPUs")
+    print("| config | alh_ref tok/s | torch tok/s | ratio alh_ref/torch |")
+    print("|---|---:|---:|---:|")
+    for c, v in results.items():
+        t = "skipped" if v["torch_tok_s"] is None else f"{v['torch_tok_s']:.0f}"
+        q = "-" if v["ratio"] is None else f"{v['ratio']:.2f}"
+        print(f"| {c} | {v['alh_ref_tok_s']:.0f} | {t} | {q} |")
+    print(json.dumps({"bench": "alh_ref_vs_torch", "threads": args.threads, "steps": args.steps,
+                      "rounds": args.rounds, "torch": torch_info if have_torch else None,
+                      "torch_skipped_reason": None if have_torch else torch_info,
+                      "loadavg_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+                      "results": results}))
+
+
+if __name__ == "__main__":
+    main()

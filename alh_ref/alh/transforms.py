@@ -403,66 +403,62 @@ def lowrank_backward_ref(dy, doff, cache):
 
 @kernel
 def _lowrank_forward_kernel(L, Rr, x, y, s):
-    # L, Rr: (N,R,C) (read with L, write with Rr); x, y: (N,C); s: (N,R)
-    N, R, C = L.shape
-    for n in range(N):
-        for c in range(C):
-            y[n, c] = x[n, c]
-        for r in range(R):
-            acc = x.dtype.type(0)
+    # L, Rr: (B,S,R,C) strided views of the head output (read with L, write with Rr);
+    # x, y: (B,S,C); s: (B,S,R)
+    B, S, R, C = L.shape
+    for b in range(B):
+        for t in range(S):
             for c in range(C):
-                acc += L[n, r, c] * x[n, c]
-            s[n, r] = acc
-            for c in range(C):
-                y[n, c] += acc * Rr[n, r, c]
+                y[b, t, c] = x[b, t, c]
+            for r in range(R):
+                acc = x.dtype.type(0)
+                for c in range(C):
+                    acc += L[b, t, r, c] * x[b, t, c]
+                s[b, t, r] = acc
+                for c in range(C):
+                    y[b, t, c] += acc * Rr[b, t, r, c]
 
 
 @kernel
 def _lowrank_backward_kernel(L, Rr, x, s, dy, dL, dRr, dx):
-    # L, Rr, dL, dRr: (N,R,C); x, dy, dx: (N,C); s: (N,R)
-    N, R, C = L.shape
-    for n in range(N):
-        for c in range(C):
-            dx[n, c] = dy[n, c]
-        for r in range(R):
-            ds = x.dtype.type(0)
+    # L, Rr, dL, dRr: (B,S,R,C); x, dy, dx: (B,S,C); s: (B,S,R)
+    B, S, R, C = L.shape
+    for b in range(B):
+        for t in range(S):
             for c in range(C):
-                ds += Rr[n, r, c] * dy[n, c]
-                dRr[n, r, c] = s[n, r] * dy[n, c]
-            for c in range(C):
-                dL[n, r, c] = ds * x[n, c]
-                dx[n, c] += ds * L[n, r, c]
+                dx[b, t, c] = dy[b, t, c]
+            for r in range(R):
+                ds = x.dtype.type(0)
+                for c in range(C):
+                    ds += Rr[b, t, r, c] * dy[b, t, c]
+                    dRr[b, t, r, c] = s[b, t, r] * dy[b, t, c]
+                for c in range(C):
+                    dL[b, t, r, c] = ds * x[b, t, c]
+                    dx[b, t, c] += ds * L[b, t, r, c]
 
 
 def lowrank_forward(theta, e, transpose=False):
     """y = e + U^T (V e)  (or the transpose, y = e + V^T (U e)); off None. Numba kernel.
 
-    Same contract as :func:`lowrank_forward_ref`: theta {"U": (B,S,R,C), "V": (B,S,R,C)}, e (B,S,C).
+    Same contract as :func:`lowrank_forward_ref`: theta {"U": (B,S,R,C), "V": (B,S,R,C)} (strided
+    views of the head output are read in place), e (B,S,C).
     """
-    B, S, C = e.shape
-    R = theta["U"].shape[2]
     L, Rr = (theta["U"], theta["V"]) if transpose else (theta["V"], theta["U"])             # read with L, write with Rr
-    L = L.reshape(B * S, R, C)                                                              # (N,R,C) (a view of the head output)
-    Rr = Rr.reshape(B * S, R, C)                                                            # (N,R,C)
-    x = np.ascontiguousarray(e).reshape(B * S, C)                                           # (N,C)
-    y = np.empty_like(x)                                                                    # (N,C)
-    s = np.empty((B * S, R), dtype=e.dtype)                                                 # (N,R)
-    _lowrank_forward_kernel(L, Rr, x, y, s)
-    return y.reshape(B, S, C), None, ("lowrank", L, Rr, x, s, transpose)
+    y = np.empty_like(e)                                                                    # (B,S,C)
+    s = np.empty(L.shape[:3], dtype=e.dtype)                                                # (B,S,R)
+    _lowrank_forward_kernel(L, Rr, e, y, s)
+    return y, None, ("lowrank", L, Rr, e, s, transpose)
 
 
 def lowrank_backward(dy, doff, cache):
     """Backward of :func:`lowrank_forward` (Numba kernel): dRr = s dy^T, ds = Rr dy, dL = ds e^T, de = dy + L^T ds."""
     _, L, Rr, x, s, transpose = cache
-    N, R, C = L.shape
-    dL = np.empty((N, R, C), dtype=x.dtype)                                                 # (N,R,C)
-    dRr = np.empty((N, R, C), dtype=x.dtype)                                                # (N,R,C)
-    dx = np.empty_like(x)                                                                   # (N,C)
-    _lowrank_backward_kernel(L, Rr, x, s, np.ascontiguousarray(dy).reshape(N, C), dL, dRr, dx)
-    shp = dy.shape[:-1] + (R, C)
-    dL, dRr = dL.reshape(shp), dRr.reshape(shp)                                             # (B,S,R,C)
+    dL = np.empty(L.shape, dtype=x.dtype)                                                   # (B,S,R,C)
+    dRr = np.empty(L.shape, dtype=x.dtype)                                                  # (B,S,R,C)
+    dx = np.empty_like(x)                                                                   # (B,S,C)
+    _lowrank_backward_kernel(L, Rr, x, s, dy, dL, dRr, dx)
     dtheta = {"U": dL, "V": dRr} if transpose else {"U": dRr, "V": dL}
-    return dtheta, dx.reshape(dy.shape)
+    return dtheta, dx
 
 
 # ----------------------------------------------------------------------------------------------

@@ -148,10 +148,8 @@ def householder_vectors(theta):
     Returns ahat (J,C), sa (J,) = ahat.ahat, u2 (B,S,J,C), s2 (B,S,J) = u2.u2 (>= 1 up to rounding),
     anorm (J,), proj (B,S,J) = ahat . v.
     """
-    a, v = theta["a"], theta["v"]
-    anorm = np.sqrt((a * a).sum(-1))                                                        # (J,)
-    ahat = a / anorm[:, None]                                                               # (J,C)
-    sa = (ahat * ahat).sum(-1)                                                              # (J,)
+    v = theta["v"]
+    ahat, anorm, sa = _ahat(theta["a"])                                                     # (J,C), (J,), (J,)
     proj = (v * ahat).sum(-1)                                                               # (B,S,J)
     u2 = ahat + v - proj[..., None] * ahat                                                  # (B,S,J,C)  a^ + P v
     s2 = (u2 * u2).sum(-1)                                                                  # (B,S,J)

@@ -1,6 +1,6 @@
 """The one place Numba is configured, and the two building blocks kernels share: fexp, rowmax.
 
-``kernel`` is ``numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")``:
+``kernel`` is ``numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, error_model="numpy")``:
 compiled machine code is cached next to the source, so only the first run on a machine pays the
 compile. The two fast-math flags let LLVM reorder sums (so a row sum or a dot product runs in SIMD
 lanes) and fuse ``a * b + c`` into one FMA; they change results only at the rounding level (the

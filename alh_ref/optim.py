@@ -60,8 +60,14 @@ def _sumsq_kernel(g):
 
 
 def global_grad_norm(grads, names):
-    """||g||_2 over all named gradients (accumulated in float64)."""
+    """||g||_2 = sqrt(sum over names of sum g^2) over all named gradients (Numba kernel, float64 sums)."""
     return math.sqrt(sum(_sumsq_kernel(np.ascontiguousarray(grads[n]).reshape(-1)) for n in names))
+
+
+def global_grad_norm_ref(grads, names):
+    """NumPy twin of :func:`global_grad_norm`: the same norm via float64 copies and np.dot."""
+    return math.sqrt(sum(float(np.dot(grads[n].ravel().astype(np.float64), grads[n].ravel().astype(np.float64)))
+                         for n in names))
 
 
 @kernel

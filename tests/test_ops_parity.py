@@ -242,3 +242,12 @@ def test_disable_jit_matches_jitted():
     assert sum(k.startswith("grad.") for k in jitted) == 2 + 12 * _TINY["n_layer"] + 2  # every parameter
     for k in jitted:
         np.testing.assert_allclose(plain[k], jitted[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=5), dtypes, seeds)
+def test_grad_norm_kernel_matches_twin(sizes, dtype, seed):
+    """optim.global_grad_norm (Numba _sumsq_kernel) equals its NumPy twin (float64 sums either way)."""
+    from alh_ref.optim import global_grad_norm, global_grad_norm_ref
+    grads = {f"g{i}": float_array(seed + i, (n,), dtype, scale=3.0) for i, n in enumerate(sizes)}
+    got, ref = global_grad_norm(grads, list(grads)), global_grad_norm_ref(grads, list(grads))
+    assert got == pytest.approx(ref, rel=1e-12)

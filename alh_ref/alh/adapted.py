@@ -22,7 +22,8 @@ from ..errors import InputError
 from ..model import body_backward, body_forward, check_ids, check_targets, embed_forward, param_shapes
 from ..ops import linear_backward, linear_forward, softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .encoders import ENCODERS, encoder_backward, encoder_forward, encoder_init, encoder_param_shapes
-from .transforms import FAMILIES, head_backward, head_forward, head_init, head_param_shapes, transform_backward, transform_forward
+from .transforms import (FAMILIES, head_backward, head_forward, head_grad_buffers, head_init, head_param_shapes,
+                         transform_backward, transform_forward)
 
 SITES = ("input", "output", "both")
 OUT_CONTEXTS = ("current", "prev")
@@ -169,11 +170,6 @@ def alh_forward(base, hyp, bcfg, acfg, ids, targets=None, ignore=None, ctx_ids=N
     return logits, loss, cache
 
 
-def _zeros_like_theta(theta, S):
-    """Zero gradients for all S slots of theta."""
-    return {k: np.zeros_like(v) for k, v in theta.items()}
-
-
 def alh_backward(cache, base, hyp, bcfg, acfg, dloss=1.0, frozen=frozenset()):
     """Backward pass of the adapted model: gradients of the hypernetwork only.
 
@@ -190,7 +186,7 @@ def alh_backward(cache, base, hyp, bcfg, acfg, dloss=1.0, frozen=frozenset()):
     dz = (dlogits.reshape(B * T, -1) @ cache["W"]).reshape(B, T, C)                             # (N,V) @ (V,C) -> (B,T,C)
     grads = {}
     theta = cache["theta"]
-    dtheta = None if theta is None else _zeros_like_theta(theta, T + 1)
+    draw, dtheta = (None, None) if theta is None else head_grad_buffers(cache["head"], dz.dtype)  # (B,T+1,P) + views
     dc = np.zeros((B, T, acfg.D), dtype=dz.dtype)                                               # (B,T,D)
     if acfg.head == "side":
         dside = dz                                                                              # z = z + side
@@ -214,7 +210,7 @@ def alh_backward(cache, base, hyp, bcfg, acfg, dloss=1.0, frozen=frozenset()):
             else:
                 dtheta[k][:, 0:T] += v
     if acfg.head == "transform":
-        hg, dc_ext = head_backward(dtheta, cache["head"], frozen)                               # (B,T+1,D)
+        hg, dc_ext = head_backward(draw, dtheta, cache["head"], frozen)                         # (B,T+1,P) -> (B,T+1,D)
         grads.update(hg)
         dc += dc_ext[:, 1:]                                                                     # slots 1..T are c_1..c_T
         dc0 = dc_ext[:, 0].sum(0)                                                               # (D,) slot 0 is c_0

@@ -63,6 +63,22 @@ def head_init(family, D, C, K, R, rng, dtype):
     return p
 
 
+def theta_views(family, raw, C, K=4, R=4):
+    """Split a head output (or its gradient) into the family's named parameters, as views.
+
+    raw : ndarray (B,S,P).  Returns householder {"v": (B,S,J,C)}; lowrank {"U", "V": (B,S,R,C)};
+    film {"gamma", "beta": (B,S,C)} — views into ``raw``, so writing a view writes ``raw``.
+    """
+    B, S, _ = raw.shape
+    if family == "householder":
+        return {"v": raw.reshape(B, S, K // 2, C)}                                          # (B,S,J,C)
+    if family == "lowrank":
+        r = raw.reshape(B, S, 2, R, C)                                                      # (B,S,P) -> (B,S,2,R,C)
+        return {"U": r[:, :, 0], "V": r[:, :, 1]}                                           # 2 x (B,S,R,C)
+    r = raw.reshape(B, S, 2, C)                                                             # (B,S,P) -> (B,S,2,C)
+    return {"gamma": r[:, :, 0], "beta": r[:, :, 1]}                                        # 2 x (B,S,C)
+
+
 def head_forward(hyp, family, c, C, K=4, R=4):
     """Transform parameters for every position.
 
@@ -75,41 +91,44 @@ def head_forward(hyp, family, c, C, K=4, R=4):
     Returns
     -------
     theta : dict   householder {"v": (B,S,J,C), "a": (J,C)};  lowrank {"U": (B,S,R,C), "V": (B,S,R,C)};
-                   film {"gamma": (B,S,C), "beta": (B,S,C)}     theta_raw = c @ w + b, reshaped
+                   film {"gamma": (B,S,C), "beta": (B,S,C)}     theta_raw = c @ w + b, split by theta_views
     cache : tuple
     """
-    B, S, _ = c.shape
     raw, c_lin = linear_forward(c, hyp["alh.head.w"], hyp["alh.head.b"])                    # (B,S,D) -> (B,S,P)
+    theta = theta_views(family, raw, C, K, R)
     if family == "householder":
-        theta = {"v": raw.reshape(B, S, K // 2, C), "a": hyp["alh.head.a"]}                # (B,S,J,C), (J,C)
-    elif family == "lowrank":
-        r = raw.reshape(B, S, 2, R, C)                                                      # (B,S,P) -> (B,S,2,R,C)
-        theta = {"U": r[:, :, 0], "V": r[:, :, 1]}                                          # 2 x (B,S,R,C)
-    else:
-        r = raw.reshape(B, S, 2, C)                                                         # (B,S,P) -> (B,S,2,C)
-        theta = {"gamma": r[:, :, 0], "beta": r[:, :, 1]}                                   # 2 x (B,S,C)
-    return theta, (family, c_lin, raw.shape)
+        theta["a"] = hyp["alh.head.a"]                                                      # (J,C) shared by all positions
+    return theta, (family, c_lin, raw.shape, C, K, R)
 
 
-def head_backward(dtheta, cache, frozen=frozenset()):
+def head_grad_buffers(cache, dtype):
+    """Zeroed gradient buffers for :func:`head_backward`: draw (B,S,P) and dtheta, its views.
+
+    Slot gradients from the two sites are accumulated into ``dtheta`` (householder "a" gets its
+    own (J,C) buffer); ``draw`` then already holds dL/dtheta_raw, with no stacking copy.
+    """
+    family, _, raw_shape, C, K, R = cache
+    draw = np.zeros(raw_shape, dtype=dtype)                                                 # (B,S,P)
+    dtheta = theta_views(family, draw, C, K, R)
+    if family == "householder":
+        dtheta["a"] = np.zeros((K // 2, C), dtype=dtype)                                    # (J,C)
+    return draw, dtheta
+
+
+def head_backward(draw, dtheta, cache, frozen=frozenset()):
     """Backward of :func:`head_forward`.
 
     Parameters
     ----------
-    dtheta : dict with the same keys and shapes as theta (householder "a" gradient included)
+    draw : ndarray (B,S,P)   dL/dtheta_raw (from :func:`head_grad_buffers`, filled through dtheta)
+    dtheta : dict of views into draw, plus householder "a" (J,C)
 
     Returns
     -------
-    grads : dict  alh.head.w (D,P), alh.head.b (P,) [, alh.head.a (J,C)]
-    dc : ndarray (B,S,D)
+    grads : dict  alh.head.w (D,P) = c^T draw, alh.head.b (P,) = sum draw [, alh.head.a (J,C)]
+    dc : ndarray (B,S,D) = draw @ w^T
     """
-    family, c_lin, raw_shape = cache
-    if family == "householder":
-        draw = dtheta["v"].reshape(raw_shape)                                               # (B,S,J,C) -> (B,S,P)
-    elif family == "lowrank":
-        draw = np.stack([dtheta["U"], dtheta["V"]], axis=2).reshape(raw_shape)              # (B,S,2,R,C) -> (B,S,P)
-    else:
-        draw = np.stack([dtheta["gamma"], dtheta["beta"]], axis=2).reshape(raw_shape)       # (B,S,2,C) -> (B,S,P)
+    family, c_lin = cache[0], cache[1]
     dc, dw, db = linear_backward(draw, c_lin, need_dw="alh.head.w" not in frozen)           # (B,S,P) -> (B,S,D)
     grads = {}
     if dw is not None:

@@ -431,7 +431,7 @@ def results_markdown(results):
              f"V={results['data']['V']}; pretrained {c['pretrain_steps']} steps on A (lr {c['pretrain_lr']})",
              f"- adaptation: {c['adapt_steps']} steps on B, batch {c['batch_size']}, AdamW (wd 0.1, clip 1.0, "
              f"{int(100 * c['warmup_frac'])}% warmup, cosine); lr grid {c['lrs']} picked on B val (seed {results['seeds'][0]})",
-             f"- hypernetwork: " + ", ".join(f"{k}={v}" for k, v in sorted(c["alh"].items())) +
+             "- hypernetwork: " + ", ".join(f"{k}={v}" for k, v in sorted(c["alh"].items())) +
              f" (ALHConfig defaults otherwise: transformer encoder, site both, out_context current); lora rank {c['lora_rank']}",
              f"- seeds: {results['seeds']} (mean ± sample std); eval: {c['eval_batches']}x{c['batch_size']} fixed windows per split",
              f"- runtime: {results['runtime_s']:.0f} s", ""]
@@ -502,6 +502,19 @@ def _smooth(v, k):
     return np.convolve(v, np.ones(k) / k, mode="valid")                                        # (S-k+1,)
 
 
+def _save_png(fig, out_dir, name):
+    """Render ``fig`` to PNG bytes, close it, write ``out_dir/name`` atomically; return ``name``."""
+    import io
+
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(f"{out_dir}/{name}", buf.getvalue())
+    return name
+
+
 def write_plots(results, out_dir):
     """loss_curves.png (adaptation training loss), id_vs_ood.png (A vs B test loss after adaptation) and
     tradeoff.png (A vs B validation loss along adaptation, mean of seeds); nothing without matplotlib.
@@ -517,7 +530,6 @@ def write_plots(results, out_dir):
     except ImportError:
         print("matplotlib is not installed; skipping plots (pip install matplotlib)", file=sys.stderr)
         return []
-    import io
     files = []
     fl = results["data"].get("floor")
     colors = plt.get_cmap("tab10")
@@ -538,12 +550,7 @@ def write_plots(results, out_dir):
     ax.set_ylim(top=min(ax.get_ylim()[1], results["base"]["summary"]["loss_B_test"]["mean"] + 0.5))
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("Adaptation to domain B")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(f"{out_dir}/loss_curves.png", buf.getvalue())
-    files.append("loss_curves.png")
+    files.append(_save_png(fig, out_dir, "loss_curves.png"))
 
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for i, (name, r) in enumerate(results["methods"].items()):
@@ -559,12 +566,7 @@ def write_plots(results, out_dir):
     ax.set_ylabel("A test loss after adaptation (original domain, nats)")
     ax.set_title("Adapted domain vs original domain (lower-left is better)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(f"{out_dir}/id_vs_ood.png", buf.getvalue())
-    files.append("id_vs_ood.png")
+    files.append(_save_png(fig, out_dir, "id_vs_ood.png"))
 
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for i, (name, r) in enumerate(results["methods"].items()):
@@ -579,12 +581,7 @@ def write_plots(results, out_dir):
     ax.set_ylabel("A val loss (original domain, nats)")
     ax.set_title("Trade-off during adaptation (start: upper right = base)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(f"{out_dir}/tradeoff.png", buf.getvalue())
-    files.append("tradeoff.png")
+    files.append(_save_png(fig, out_dir, "tradeoff.png"))
     return files
 
 

@@ -162,8 +162,7 @@ def make_method(name, base, bcfg, acfg=None, seed=0, lora_rank=4):
     """
     acfg = acfg or ALHConfig()
     if name == "none":
-        m = _base_method(name, base, bcfg, ())
-        return m
+        return _base_method(name, base, bcfg, ())
     if name == "embed-ft":
         return _base_method(name, {k: v.copy() for k, v in base.items()}, bcfg, ("wte",))
     if name == "full-ft":

@@ -3,9 +3,6 @@
 Pure BLAS: no Numba kernel is needed, a matmul is already as fast as this machine allows.
 Derivation: docs/ops/linear.md.
 """
-import numpy as np
-
-
 def linear_forward(x, w, b=None):
     """Affine map over the last axis.
 

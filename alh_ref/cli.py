@@ -24,6 +24,7 @@ import traceback
 import warnings
 
 from . import __version__
+from .demo import DEMO_DESCRIPTION, DEMO_HELP, add_demo_arguments, cmd_demo
 from .errors import ALHRefError, RunError
 
 EXIT_OK, EXIT_RUN, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
@@ -224,10 +225,8 @@ def build_parser():
     p.add_argument("--threads", type=POS, default=2, metavar="N", help="BLAS / OpenMP threads (default 2)")
     _common(p, runs_root=False, seed_help="seed of the parameters and batches (default 1234)")
 
-    p = add("demo", "run the ALH study's quick preset on its built-in corpus",
-            "The main job: the study (alh_ref.study) comparing ALH with its baselines, quick preset, on the "
-            "built-in synthetic corpus; writes results.json, results.md and plots to <out>/<name>/.")
-    p.add_argument("--preset", default="quick", help="study preset: micro | quick | full | text (default quick)")
+    p = add("demo", DEMO_HELP, DEMO_DESCRIPTION)
+    add_demo_arguments(p)
     _common(p, run="demo", seed_help="first seed of the study (default 0)")
     return top
 
@@ -341,19 +340,6 @@ def cmd_bench(args):
     from .runs import bench
     s = bench(args.config, args.steps, args.warmup, args.threads, 1234 if args.seed is None else args.seed)
     return s, s["lines"]
-
-
-def cmd_demo(args):
-    """``alh-ref demo``: alh_ref.study.run_study into <out>/<name>/ -> (summary, [results table])."""
-    run_study = _lazy("study", "run_study", "alh-ref demo")
-    from .runs import run_dir
-    folder = run_dir(args.out, args.name)
-    res = run_study(preset=args.preset, out_dir=str(folder), seed=0 if args.seed is None else args.seed,
-                    progress=args.progress != "off")
-    table = _lazy("study", "results_markdown", "alh-ref demo")(res)
-    summary = {"job": "demo", "run": str(folder), "preset": args.preset, "files": res.get("files", []),
-               "headline": res.get("headline"), "runtime_s": res.get("runtime_s")}
-    return summary, [table, f"results written to {folder}"]
 
 
 COMMANDS = {"tokenizer": cmd_tokenizer, "pretrain": cmd_pretrain, "adapt": cmd_adapt, "eval": cmd_eval,

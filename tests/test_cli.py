@@ -176,14 +176,6 @@ def test_tokenizer_subcommand_then_pretrain_reuses_it(capsys, tmp_path, texts):
     assert _last_json(out)["tokenizer_sha256"] == sha and _last_json(out)["gpt_config"]["vocab_size"] == 280
 
 
-def test_demo_runs_the_study(capsys, tmp_path):
-    code, out, err = _run(capsys, "demo", "--preset", "micro", "--out", tmp_path, "--progress", "off", "--json")
-    assert code == 0, err
-    s = _last_json(out)
-    assert "results.json" in s["files"] and (tmp_path / "demo" / "results.md").is_file()
-    assert "| alh-householder |" in out
-
-
 def test_golden_wiring(capsys, tmp_path):
     code, out, err = _run(capsys, "golden", "--check", tmp_path / "missing", "--json")
     assert code == 2 and "Traceback" not in err and not _last_json(out)["ok"]

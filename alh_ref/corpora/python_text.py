@@ -1,0 +1,145 @@
+"""The standard-library corpora: pydoc topics, docstrings, and pycode (module source, docstrings stripped).
+
+They depend on the Python version (``meta['python']``); their fingerprints are stable for one version.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import platform
+import tokenize
+import warnings
+
+from ..errors import RunError
+
+DOCSTRING_MODULES = (
+    "argparse", "base64", "bisect", "calendar", "collections", "contextlib", "copy", "csv",
+    "dataclasses", "datetime", "decimal", "difflib", "enum", "fractions", "functools", "heapq",
+    "inspect", "itertools", "json", "logging", "operator", "os", "pathlib", "pprint", "random",
+    "re", "shlex", "shutil", "statistics", "string", "tempfile", "textwrap", "typing",
+)
+PYCODE_MODULES = (
+    "_pydecimal", "argparse", "ast", "base64", "bisect", "calendar", "collections", "contextlib",
+    "copy", "csv", "dataclasses", "datetime", "difflib", "enum", "fractions", "functools", "heapq",
+    "inspect", "json", "json.decoder", "json.encoder", "logging", "logging.handlers", "pathlib",
+    "pprint", "random", "shlex", "shutil", "statistics", "string", "tempfile", "textwrap", "tokenize",
+)
+
+
+def _python_meta(kind: str, modules=()) -> dict:
+    meta = {"kind": kind, "python": platform.python_version()}
+    if modules:
+        meta["modules"] = list(modules)
+    return meta
+
+
+def pydoc_documents() -> list[str]:
+    """Reference-manual topics of ``pydoc_data.topics.topics``, one document per topic, sorted by key."""
+    from pydoc_data.topics import topics
+    return [topics[k] for k in sorted(topics)]
+
+
+def _own_module(obj, modname: str) -> bool:
+    """True if ``obj`` is defined by module ``modname`` or its C accelerator ``_modname``."""
+    return getattr(obj, "__module__", None) in (modname, "_" + modname)
+
+
+def _member_doc(member) -> str | None:
+    """Docstring of a class member (function, static/class method or property), or None."""
+    if isinstance(member, (staticmethod, classmethod)):
+        member = member.__func__
+    if not (inspect.isroutine(member) or isinstance(member, property)):
+        return None
+    return member.__doc__
+
+
+def _collect_docstrings(modname: str, entries: list) -> None:
+    """Append (qualified name, raw docstring) of module ``modname``, its own public classes and
+    functions, and those classes' public methods/properties (+ ``__init__``) to ``entries``."""
+    mod = importlib.import_module(modname)
+    entries.append((modname, mod.__doc__))
+    for name, obj in vars(mod).items():
+        if name.startswith("_") or not (inspect.isclass(obj) or inspect.isroutine(obj)) or not _own_module(obj, modname):
+            continue
+        entries.append((f"{modname}.{name}", obj.__doc__))
+        if inspect.isclass(obj):
+            entries += [(f"{modname}.{name}.{attr}", _member_doc(m)) for attr, m in vars(obj).items()
+                        if not attr.startswith("_") or attr == "__init__"]
+
+
+def docstring_documents(modules=DOCSTRING_MODULES) -> list[str]:
+    """Docstrings of the modules, their public classes/functions and the classes' public methods.
+
+    An object belongs to module ``m`` if its ``__module__`` is ``m`` or ``_m`` (C accelerator).
+    Members considered: public names (no leading underscore) plus ``__init__``. Docstrings are
+    cleaned with ``inspect.cleandoc``; entries are sorted by qualified name and each distinct
+    text is kept once (at its first name), empty ones dropped.
+
+    Parameters
+    ----------
+    modules : tuple of str
+        Standard-library module names.
+
+    Returns
+    -------
+    list of str
+    """
+    entries = []
+    with warnings.catch_warnings():            # reading docs of deprecated aliases (typing.io) warns
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for modname in modules:
+            _collect_docstrings(modname, entries)
+    docs, seen = [], set()
+    for _, doc in sorted(entries, key=lambda e: e[0]):
+        text = inspect.cleandoc(doc) if isinstance(doc, str) else ""
+        if text.strip() and text not in seen:
+            seen.add(text)
+            docs.append(text)
+    return docs
+
+
+def strip_docstrings(source: str) -> str:
+    """Python source without docstrings or comments: ``ast.unparse`` of the tree minus docstring nodes.
+
+    Parameters
+    ----------
+    source : str
+        Python module source.
+
+    Returns
+    -------
+    str
+        Equivalent code (comments vanish in ``ast.unparse``; an emptied body becomes ``pass``).
+    """
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or ([ast.Pass()] if not isinstance(node, ast.Module) else [])
+    return ast.unparse(tree) + "\n"
+
+
+def pycode_documents(modules=PYCODE_MODULES) -> list[str]:
+    """Source of each module file (``inspect.getsourcefile``), docstrings and comments stripped.
+
+    Parameters
+    ----------
+    modules : tuple of str
+        Standard-library module names with pure-Python source.
+
+    Returns
+    -------
+    list of str
+        One document per module, in the order given.
+    """
+    docs = []
+    for modname in modules:
+        path = inspect.getsourcefile(importlib.import_module(modname))
+        if path is None:
+            raise RunError(f"no Python source file for stdlib module {modname!r}; expected a full Python install")
+        with tokenize.open(path) as f:      # honours the file's coding cookie
+            docs.append(strip_docstrings(f.read()))
+    return docs

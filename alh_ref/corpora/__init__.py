@@ -28,6 +28,12 @@ from .synthetic import (CHARS_PER_SYMBOL, markov_entropy_rate, sample_chain, syn
 
 BUILTIN_CORPORA = ("pydoc", "docstrings", "pycode", "synthetic")
 
+__all__ = ["BUILTIN_CORPORA", "CHARS_PER_SYMBOL", "DOCSTRING_MODULES", "DOC_SEPARATOR", "PER_DOCUMENT_META",
+           "PYCODE_MODULES", "SPLITS", "TEXT_SUFFIXES", "Corpus", "docstring_documents", "document_unit",
+           "encode_documents", "fingerprint_documents", "load_corpus", "markov_entropy_rate", "path_documents",
+           "pycode_documents", "pydoc_documents", "read_text_file", "sample_chain", "split_documents",
+           "strip_docstrings", "synthetic_chains", "synthetic_corpus", "synthetic_words"]
+
 
 def load_corpus(name_or_path: str, *, errors: str = "strict", **opts) -> Corpus:
     """Load a built-in corpus by name, or a UTF-8 text file / folder by path.

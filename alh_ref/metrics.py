@@ -11,18 +11,23 @@ should not. These functions measure that for a dictionary E' (V,C) against the o
     displacement      ||E' - E||_F / ||E||_F
 
 An orthogonal map of every row (E' = E Q^T) leaves the first four unchanged and moves the
-fifth. The effective dictionary of a method (:func:`method_dictionary_metrics`): the trained wte
-for embed-ft / full-ft, wte + A B for lora-embed, wte itself for none and side (they do not touch
-the dictionary), and for the ALH methods the per-position dictionary T_t wte, averaged over a
-sample of evaluation positions (:func:`alh_effective_dictionary_metrics`).
+fifth. Each is also taken on centred rows (E - mean row), where a shift shared by every row
+does not count. The effective dictionary of a method comes from the method itself
+(``Method.dictionaries``): the trained wte for embed-ft / full-ft, wte + A B for lora-embed, wte
+itself for none and side, and for the ALH methods the per-position dictionary T_t wte at sampled
+evaluation positions (:func:`method_dictionary_metrics` averages over them).
 """
 import math
 
 import numpy as np
 
+from .alh.methods import transformed_dictionary
 from .errors import InputError
-from .alh.transforms import transform_forward
 from .train import sample_batch
+
+__all__ = ["METRIC_NAMES", "centre_rows", "dictionary_metrics", "displacement", "effective_rank", "eval_loss",
+           "eval_windows", "gram_drift", "hyperspherical_energy", "log_softmax", "mean_abs_cos",
+           "method_dictionary_metrics", "perplexity", "token_losses", "transformed_dictionary", "unit_rows"]
 
 METRIC_NAMES = ("mean_abs_cos", "gram_drift", "eff_rank", "energy", "displacement")
 
@@ -161,13 +166,22 @@ def displacement(E_new, E_ref):
     return float(np.linalg.norm(np.asarray(E_new, dtype=np.float64) - R) / den)
 
 
-def dictionary_metrics(E_new, E_ref):
+def centre_rows(E):
+    """E minus its mean row: E - 1 mean(E)  (V,C) float64, so a shift shared by every row is not geometry."""
+    E = np.asarray(E, dtype=np.float64)                                     # (V,C)
+    return E - E.mean(0, keepdims=True)                                     # (V,C)
+
+
+def dictionary_metrics(E_new, E_ref, centred=False):
     """All five geometry metrics of E' against E, plus the reference values of the intrinsic ones.
 
     Parameters
     ----------
     E_new : ndarray (V,C) float   the effective dictionary E'
     E_ref : ndarray (V,C) float   the original dictionary E
+    centred : bool   measure E' - mean row and E - mean row instead (:func:`centre_rows`): a shift
+        added to every row (film's offset) then moves nothing, while the raw metrics would read
+        it as rows collapsing toward one direction
 
     Returns
     -------
@@ -178,6 +192,8 @@ def dictionary_metrics(E_new, E_ref):
     _check_dict(E_ref, "E_ref")
     if E_new.shape != E_ref.shape:
         raise InputError(f"E_new has shape {E_new.shape} and E_ref {E_ref.shape}; expected equal shapes (V,C)")
+    if centred:
+        E_new, E_ref = centre_rows(E_new), centre_rows(E_ref)               # (V,C), (V,C)
     return {
         "mean_abs_cos": mean_abs_cos(E_new), "gram_drift": gram_drift(E_new, E_ref),
         "eff_rank": effective_rank(E_new), "energy": hyperspherical_energy(E_new),
@@ -187,116 +203,29 @@ def dictionary_metrics(E_new, E_ref):
     }
 
 
-def _mean_dicts(ds):
-    """Key-wise mean of a list of dicts of floats."""
-    return {k: float(np.mean([d[k] for d in ds])) for k in ds[0]}
+def method_dictionary_metrics(method, E_ref, x_eval=None, n_positions=16, seed=0, centred=False):
+    """Geometry metrics of a method's effective input dictionary against the pretrained E.
 
-
-# ----------------------------------------------------------------------------------------------
-# Effective dictionaries of the methods
-
-def transformed_dictionary(family, theta, slot, b, E):
-    """The dictionary seen at one position: every row of E through that position's transform.
+    The method supplies its dictionaries (``Method.dictionaries``): one for a context-free method
+    (trained wte, wte + A B, or wte itself), or T_t wte at ``n_positions`` sampled positions of
+    ``x_eval`` for a context-dependent one; the metrics are averaged over them.
 
     Parameters
     ----------
-    family : "householder" | "lowrank" | "film"
-    theta : dict of per-slot transform parameters from the ALH forward cache (slots 0..T on axis 1)
-    slot : int   the slot (input site: slot t is the transform applied to x_t)
-    b : int      batch item
-    E : ndarray (V,C)
-
-    Returns
-    -------
-    ndarray (V,C)   row v = T_{b,slot} e_v = A e_v + b_t
-    """
-    V = E.shape[0]
-    th = {k: (v if k == "a" else np.broadcast_to(v[b:b + 1, slot:slot + 1], (1, V) + v.shape[2:]))
-          for k, v in theta.items()}                                        # (1,V,...) the same theta for every row; "a" shared
-    y, _, _ = transform_forward(family, th, E[None], False)                 # (1,V,C): the V rows as V "positions"
-    return y[0]                                                             # (V,C)
-
-
-def alh_effective_dictionary_metrics(method, x_eval, n_positions=16, seed=0, E_ref=None, site="input"):
-    """Geometry metrics of ALH's per-position effective dictionary, averaged over sampled positions.
-
-    Parameters
-    ----------
-    method : alh_ref.alh.methods.Method of an ALH kind (alh-*, static-*, alh-shuffled)
-    x_eval : ndarray (B,T) int   evaluation inputs; the transforms are generated from this context
-    n_positions : int            number of (b, t) positions sampled (without replacement)
-    seed : int                   which positions
-    E_ref : ndarray (V,C) or None   reference dictionary (default the frozen base wte)
-    site : "input" | "output"    input: E'_t = T_{slot t} wte (what enters the body at x_t);
-        output: E'_t = T_{slot t+1} wte ("current" context) or T_{slot t} ("prev"), the dictionary
-        the logits at t are scored against
-
-    Returns
-    -------
-    dict   :func:`dictionary_metrics` keys, each the mean over the sampled positions, plus n_positions
-    """
-    info = method.info.get("alh")
-    if info is None or info.get("head") != "transform":
-        raise InputError(f"method {method.name!r} has no latent transform; expected an alh-*, static-* or alh-shuffled method")
-    if site not in ("input", "output"):
-        raise InputError(f"site={site!r}; expected 'input' or 'output'")
-    if (site, info["site"]) in (("input", "output"), ("output", "input")):
-        raise InputError(f"method {method.name!r} transforms only the {info['site']} site; asked for the {site} site")
-    wte = method.base["wte"]
-    E_ref = wte if E_ref is None else E_ref
-    _, _, cache = method.forward(x_eval)
-    theta = cache["theta"]
-    B, T = x_eval.shape
-    rng = np.random.default_rng(seed)
-    n = min(int(n_positions), B * T)
-    if n < 1:
-        raise InputError(f"n_positions={n_positions}; expected at least 1")
-    flat = rng.choice(B * T, size=n, replace=False)                         # (n,)
-    shift = 0 if site == "input" else (1 if info["out_context"] == "current" else 0)
-    out = []
-    for f in flat.tolist():
-        b, t = divmod(f, T)
-        E_t = transformed_dictionary(info["family"], theta, t + shift, b, wte)   # (V,C)
-        out.append(dictionary_metrics(E_t, E_ref))
-    res = _mean_dicts(out)
-    res["n_positions"] = n
-    return res
-
-
-def method_effective_dictionary(method):
-    """The context-free effective dictionary of a non-ALH method (None for ALH methods).
-
-    Returns
-    -------
-    ndarray (V,C) or None   trained wte (embed-ft, full-ft), wte + A B (lora-embed), wte (none, side)
-    """
-    if method.name == "lora-embed":
-        return method.base["wte"] + method.params["lora.a"] @ method.params["lora.b"]  # (V,C) + (V,R) @ (R,C)
-    if method.name in ("none", "embed-ft", "full-ft", "side"):
-        return method.base["wte"]                                           # (V,C)
-    return None
-
-
-def method_dictionary_metrics(method, E_ref, x_eval=None, n_positions=16, seed=0):
-    """Geometry metrics of any method's effective input dictionary against the pretrained E.
-
-    Parameters
-    ----------
-    method : Method
+    method : alh_ref.alh.methods.Method
     E_ref : ndarray (V,C)   the pretrained wte (the *-ft methods train a copy, so pass the original)
-    x_eval : ndarray (B,T) int or None   needed for the ALH methods (their dictionary depends on context)
-    n_positions, seed : see :func:`alh_effective_dictionary_metrics`
+    x_eval : ndarray (B,T) int or None   the context (needed when the dictionary depends on it)
+    n_positions, seed : int   how many positions of x_eval, and which
+    centred : bool   see :func:`dictionary_metrics`
 
     Returns
     -------
-    dict   :func:`dictionary_metrics` keys (ALH: averaged over positions)
+    dict   :func:`dictionary_metrics` keys (mean over the dictionaries) and n_positions (how many)
     """
-    E = method_effective_dictionary(method)
-    if E is not None:
-        return dictionary_metrics(E, E_ref)
-    if x_eval is None:
-        raise InputError(f"method {method.name!r} needs x_eval: its dictionary depends on the context")
-    return alh_effective_dictionary_metrics(method, x_eval, n_positions, seed, E_ref)
+    ds = [dictionary_metrics(E, E_ref, centred) for E in method.dictionaries(x_eval, n_positions, seed)]
+    out = {k: float(np.mean([d[k] for d in ds])) for k in ds[0]}
+    out["n_positions"] = len(ds)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,3 +272,33 @@ def eval_loss(method, tokens, B, T, n_batches, seed=0):
     """
     losses = [float(method.forward(x, y)[1]) for x, y, _ in eval_windows(tokens, B, T, n_batches, seed)]
     return float(np.mean(losses))
+
+
+def log_softmax(logits):
+    """Log-probabilities in float64: logits - logsumexp(logits) over the last axis.
+
+    Parameters
+    ----------
+    logits : ndarray (..., V) float
+
+    Returns
+    -------
+    ndarray (..., V) float64   log p_v = l_v - max l - log sum_u exp(l_u - max l)
+    """
+    z = np.asarray(logits, dtype=np.float64)                                # (...,V)
+    z = z - z.max(-1, keepdims=True)                                        # (...,V)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))                     # (...,V)
+
+
+def token_losses(logp, y):
+    """Per-token cross-entropy -log p(y) from log-probabilities.
+
+    Parameters
+    ----------
+    logp : ndarray (B,T,V) float64;  y : ndarray (B,T) int
+
+    Returns
+    -------
+    ndarray (B,T) float64
+    """
+    return -np.take_along_axis(logp, y[..., None], axis=-1)[..., 0]         # (B,T)

@@ -1,19 +1,18 @@
-"""Run the ALH study: pretrain a tiny GPT on domain A, adapt it to domain B with ALH and its baselines.
+"""Run the ALH experiment from Python with any configuration key replaced (``alh-ref demo`` is the CLI).
 
-    python examples/alh_study.py                       # quick preset (<1 min on 2 cores) -> runs/study-quick
-    python examples/alh_study.py --preset full         # the full synthetic study (5 seeds, ~8 min)
-    python examples/alh_study.py --preset text         # natural text: pydoc -> pycode
-    python examples/alh_study.py --preset quick --set adapt_steps=60 --set n_seeds=2
+    python examples/alh_study.py                                  # quick size -> runs/study-quick
+    python examples/alh_study.py --size default --setting synthetic
+    python examples/alh_study.py --size quick --set adapt_steps=60 --set n_seeds=2
 
-Writes results.json, results.md and PNG plots (if matplotlib is installed) to --out, and prints
-the Markdown table. The protocol and the recorded results are in docs/study.md.
+Writes results.json, report.md and PNG plots (if matplotlib is installed) to --out, and prints
+the report. The protocol is in docs/experiment.md, the recorded results in docs/results.md.
 """
 import argparse
 import ast
 import sys
 
 from alh_ref.errors import ALHRefError, InputError
-from alh_ref.study import PRESETS, run_study
+from alh_ref.study import SETTINGS, SIZES, run_study
 
 
 def parse_set(items):
@@ -32,19 +31,20 @@ def parse_set(items):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="quick", choices=sorted(PRESETS))
-    ap.add_argument("--out", default=None, help="output folder (default runs/study-<preset>)")
+    ap.add_argument("--size", default="quick", choices=sorted(SIZES))
+    ap.add_argument("--setting", default=None, choices=SETTINGS, help="data setting (default text)")
+    ap.add_argument("--out", default=None, help="output folder (default runs/study-<size>)")
     ap.add_argument("--seed", type=int, default=0, help="first seed (the study uses seed .. seed+n_seeds-1)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset key")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     a = ap.parse_args(argv)
     try:
-        out = a.out or f"runs/study-{a.preset}"
-        res = run_study(a.preset, out_dir=out, seed=a.seed, progress=not a.quiet, **parse_set(a.set))
+        out = a.out or f"runs/study-{a.size}"
+        res = run_study(a.size, a.setting, out_dir=out, seed=a.seed, progress=not a.quiet, **parse_set(a.set))
     except ALHRefError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    with open(f"{out}/results.md", encoding="utf-8") as f:
+    with open(f"{out}/report.md", encoding="utf-8") as f:
         print(f.read())
     print(f"runtime {res['runtime_s']:.0f} s; files in {out}: {', '.join(res['files'])}")
     return 0

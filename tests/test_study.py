@@ -1,116 +1,112 @@
-"""Smoke test of the ALH study (micro preset, seconds) and unit tests of its helpers."""
+"""The experiment end to end at the test-only micro size (seconds): files, structure, invariants."""
 import json
+import math
 
 import numpy as np
 import pytest
 
 from alh_ref.errors import InputError
-from alh_ref.study import (STUDY_METHODS, _cond_entropy, a_at_b_level, mean_std, resolve_preset, rewrite_report,
-                           run_study, window_floor)
+from alh_ref.study import STUDY_METHODS, resolve, rewrite_report, run_study
 
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    return run_study("micro", out_dir=out, seed=3, progress=False), out
+    return run_study("micro", setting="synthetic", out_dir=out, seed=3, progress=False), out
 
 
-def test_results_structure_and_files(micro):
+def test_files_and_structure(micro):
     res, out = micro
-    assert res["complete"] is True
-    assert res["seeds"] == [3, 4]
-    assert list(res["methods"]) == list(STUDY_METHODS)
+    assert res["complete"] is True and res["seeds"] == [3, 4]
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["methods"].keys() == res["methods"].keys()
-    assert (out / "results.md").read_text().startswith("# ALH study")
-    for name in ("results.json", "results.md"):
-        assert name in res["files"]
+    assert set(on_disk["protocols"]) == {"shift", "mix"}
+    for f in ("results.json", "report.md"):
+        assert f in res["files"]
     for f in res["files"]:
         assert (out / f).stat().st_size > 0
-    for name, r in res["methods"].items():
-        assert len(r["per_seed"]) == 2
-        for p in r["per_seed"]:
-            for k in ("loss_B_test", "loss_A_test", "loss_B_val"):
-                assert np.isfinite(p[k]) and p[k] > 0
-            for tag in ("A", "B"):
-                assert set(p[f"metrics_{tag}"]) >= {"mean_abs_cos", "gram_drift", "eff_rank", "energy", "displacement"}
-            assert p["track"][0]["step"] == 0
-        assert set(r["summary"]) >= {"loss_B_test", "loss_A_test", "delta_B_test", "delta_A_test", "gram_drift_B"}
-        assert name in res["timing"]
-    floor = res["data"]["floor"]
-    assert 0 < floor["B_test"] < res["base"]["summary"]["loss_B_test"]["mean"]
+    methods = res["config"]["methods"]
+    for p, P in on_disk["protocols"].items():
+        assert set(P["methods"]) == set(methods)
+        for name, r in P["methods"].items():
+            assert len(r["per_seed"]) == 2
+            for D in "ABC":
+                e = on_disk["summary"][p][name]["test"][D]
+                assert np.isfinite(e["mean"]) and e["ci"][0] <= e["ci"][1]
+                assert len(e["by_position"]) == res["config"]["block_size"]
 
 
-def test_every_method_reports_trainable_params(micro):
+def test_report_ends_with_the_verdict(micro):
+    _, out = micro
+    md = (out / "report.md").read_text()
+    tail = md.split("## Verdict", 1)[1].strip().splitlines()[-4:]
+    assert [ln.split(":")[0] for ln in tail] == [f"Claim {i}" for i in range(1, 5)]
+    for ln in tail:
+        assert ln.split(":", 1)[1].split("—")[0].strip() in ("held", "did not hold", "mixed")
+
+
+def test_none_is_the_frozen_base(micro):
     res, _ = micro
-    for name, r in res["methods"].items():
-        assert isinstance(r["n_trainable"], int)
-        assert (r["n_trainable"] == 0) == (name == "none"), name
-    assert res["methods"]["full-ft"]["n_trainable"] > res["methods"]["embed-ft"]["n_trainable"]
+    for p, S in res["summary"].items():
+        none = S["none"]["test"]
+        for D in "ABC":
+            assert none[D]["delta"]["mean"] == 0.0                              # the same per-document sums minus themselves
+            assert abs(none[D]["kl"]["mean"]) < 1e-12
+        assert S["none"]["geometry"]["B"]["raw"]["gram_drift"]["mean"] == 0.0   # wte against itself: exactly zero
 
 
-def test_none_equals_the_frozen_base(micro):
+def test_householder_keeps_geometry_raw_and_centred(micro):
     res, _ = micro
-    none = res["methods"]["none"]
-    for p, b in zip(none["per_seed"], res["base"]["per_seed"]):
-        assert p["loss_A_test"] == b["loss_A_test"]
-        assert p["loss_B_test"] == b["loss_B_test"]
-        assert p["metrics_B"]["gram_drift"] == 0.0 and p["metrics_B"]["displacement"] == 0.0
-        assert p["train_loss"] == []
-    assert none["summary"]["delta_B_test"]["mean"] == 0.0
+    for S in res["summary"].values():
+        for name in ("alh-householder", "static-householder", "static-householder-matched"):
+            for kind in ("raw", "centred"):
+                assert S[name]["geometry"]["B"][kind]["gram_drift"]["mean"] < 1e-5   # orthogonal transforms
+        assert S["embed-ft"]["geometry"]["C"]["raw"]["displacement"]["mean"] > 0
 
 
-def test_context_free_geometry_of_householder_is_kept(micro):
+def test_counts_and_matched_sizes(micro):
     res, _ = micro
-    for name in ("alh-householder", "static-householder"):
-        assert res["methods"][name]["summary"]["gram_drift_B"]["mean"] < 1e-5      # orthogonal transforms
-    assert res["methods"]["embed-ft"]["summary"]["displacement_B"]["mean"] > 0
+    P = res["protocols"]["shift"]["methods"]
+    V, C = res["data"]["V"], res["config"]["n_embd"]
+    assert P["embed-ft"]["n_trainable"] == P["embed-ft"]["n_effective"] == V * C
+    K = res["matched"]["K"]
+    assert P["static-householder-matched"]["n_effective"] == K * C and abs(K - V) <= 1
+    assert P["none"]["n_trainable"] == 0
 
 
-def test_resolve_preset_rejects_bad_input():
-    with pytest.raises(InputError):
-        resolve_preset("nope")
-    with pytest.raises(InputError):
-        resolve_preset("micro", not_a_key=1)
-    with pytest.raises(InputError):
-        resolve_preset("micro", methods=("none", "bogus"))
-    with pytest.raises(InputError):
-        resolve_preset("micro", methods=("alh-householder",))                       # the base reference is needed
-    assert resolve_preset("micro", adapt_steps=2)["adapt_steps"] == 2
+def test_synthetic_floors_are_below_the_base(micro):
+    res, _ = micro
+    fl, cnt = res["data"]["floors"], res["data"]["counts"]
+    for D in "ABC":
+        known = sum(fl[D]["known"]["doc_sum"]) / sum(cnt[D]["doc"])
+        hist = sum(fl[D]["history"]["doc_sum"]) / sum(cnt[D]["doc"])
+        assert 0 < known <= hist < res["summary"]["shift"]["none"]["test"][D]["mean"]
 
 
-def test_cond_entropy_and_window_floor():
-    P = np.array([[0.5, 0.5], [1.0, 0.0]])                                           # (2,2)
-    pi = np.array([2 / 3, 1 / 3])
-    eot = 2
-    stream = np.array([0, 1, 0, 0, eot, 1, 0, eot])                                  # two documents
-    h = _cond_entropy(P, pi, stream, eot)
-    hp = -(pi * np.log(pi)).sum()
-    np.testing.assert_allclose(h, [hp, np.log(2), 0.0, np.log(2), 0.0, hp, 0.0, 0.0])
-    f = window_floor(h, 2, 3, 1, seed=0)
-    assert 0.0 <= f <= max(hp, np.log(2))
-
-
-def test_a_at_b_level_interpolates():
-    tr = [{"step": 0, "B_val": 5.0, "A_val": 1.0}, {"step": 1, "B_val": 3.0, "A_val": 2.0},
-          {"step": 2, "B_val": 1.0, "A_val": 4.0}]
-    assert a_at_b_level(tr, 6.0) == 1.0
-    assert a_at_b_level(tr, 2.0) == pytest.approx(3.0)
-    assert a_at_b_level(tr, 0.5) is None
-
-
-def test_mean_std():
-    s = mean_std([1.0, 3.0])
-    assert s["mean"] == 2.0 and s["std"] == pytest.approx(np.sqrt(2.0)) and s["n"] == 2
-    assert mean_std([4.0])["std"] == 0.0
-
-
-def test_rewrite_report_reproduces_the_summary(micro):
+def test_rewrite_report_reproduces_the_report(micro):
     res, out = micro
-    md = (out / "results.md").read_text()
+    md = (out / "report.md").read_text()
     again = rewrite_report(out)
-    assert list(again["methods"]) == list(res["methods"])
-    assert again["methods"]["alh-householder"]["summary"]["loss_B_test"] == res["methods"]["alh-householder"]["summary"]["loss_B_test"]
-    assert (out / "results.md").read_text() == md
+    assert again["verdict"]["lines"] == res["verdict"]["lines"]
+    assert (out / "report.md").read_text() == md
     with pytest.raises(InputError):
         rewrite_report(out / "missing")
+
+
+def test_resolve_rejects_bad_input():
+    for kw in ({"size": "nope"}, {"not_a_key": 1}, {"methods": ("none", "bogus")}, {"methods": ("alh-householder",)},
+               {"methods": ("none", "embed-ft-l2")}, {"protocols": ("sideways",)}, {"lrs": (1e-2, 1e-3)},
+               {"setting": "nowhere"}, {"batch_size": 1}):
+        size = kw.pop("size", "micro")
+        with pytest.raises(InputError):
+            resolve(size, **kw)
+    assert resolve("micro", adapt_steps=2)["adapt_steps"] == 2
+    assert list(resolve("default")["methods"]) == list(STUDY_METHODS)
+    full = resolve("full")
+    assert full["adapt_steps"] >= 1500 and full["n_seeds"] >= 3 and full["n_embd"] >= 128 and full["n_layer"] >= 4
+
+
+def test_default_size_is_the_text_setting_with_every_method():
+    cfg = resolve("default")
+    assert cfg["setting"] == "text" and cfg["n_seeds"] == 3 and set(cfg["protocols"]) == {"shift", "mix"}
+    assert (cfg["corpus_a"], cfg["corpus_b"], cfg["corpus_c"]) == ("pydoc", "pycode", "docstrings")
+    assert not math.isnan(cfg["pretrain_lr"]) and np.all(np.diff(cfg["lrs"]) > 0)

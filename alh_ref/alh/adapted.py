@@ -9,7 +9,8 @@
     z = body(tok) is the frozen base model; loss = mean CE(logits, y).
 
 Also the "side" capacity control (head = "side"): the same encoder, and z_t <- z_t + c_t @ W + b
-with W, b zero-initialised, instead of any transform of the latents.
+with W, b zero-initialised, instead of any transform of the latents (out_context "prev": c_{t-1},
+with c_{-1} = alh.c0, so like the prev transform it never reads x_t).
 
 Base parameters are read, never written, and their gradients are not computed. Derivation and
 the normative definitions: docs/alh.md.
@@ -79,8 +80,8 @@ def alh_param_shapes(bcfg, acfg):
     alh.side.w (D,C) and alh.side.b (C,).
     """
     s = dict(encoder_param_shapes(acfg.encoder, *_enc_args(bcfg, acfg)))
-    if acfg.encoder != "static" and acfg.head == "transform":
-        s["alh.c0"] = (acfg.D,)                                                                 # side never reads c_0
+    if acfg.encoder != "static" and (acfg.head == "transform" or acfg.out_context == "prev"):
+        s["alh.c0"] = (acfg.D,)                                                                 # side reads c_0 only with "prev"
     if acfg.head == "side":
         s.update({"alh.side.w": (acfg.D, bcfg.n_embd), "alh.side.b": (bcfg.n_embd,)})
     else:
@@ -152,7 +153,8 @@ def alh_forward(base, hyp, bcfg, acfg, ids, targets=None, ignore=None, ctx_ids=N
 
     off = None
     if acfg.head == "side":
-        side, cache["side"] = linear_forward(c, hyp["alh.side.w"], hyp["alh.side.b"])           # (B,T,D) -> (B,T,C)
+        cs = c if acfg.out_context == "current" else c_ext[:, :T]                               # (B,T,D) c_t or c_{t-1}
+        side, cache["side"] = linear_forward(cs, hyp["alh.side.w"], hyp["alh.side.b"])          # (B,T,D) -> (B,T,C)
         z = z + side                                                                            # (B,T,C)
     elif acfg.site in ("output", "both"):
         s0 = 1 if acfg.out_context == "current" else 0
@@ -191,7 +193,11 @@ def alh_backward(cache, base, hyp, bcfg, acfg, dloss=1.0, frozen=frozenset()):
     if acfg.head == "side":
         dside = dz                                                                              # z = z + side
         dcs, grads["alh.side.w"], grads["alh.side.b"] = linear_backward(dside, cache["side"])  # (B,T,C) -> (B,T,D)
-        dc += dcs
+        if acfg.out_context == "current":
+            dc += dcs
+        else:                                                                                   # read c_ext slots 0..T-1
+            dc[:, :-1] += dcs[:, 1:]
+            dc0 = dcs[:, 0].sum(0)                                                              # (D,)
     elif acfg.site in ("output", "both"):
         doff = dlogits.sum(-1) if cache["out"][0] == "film" else None                           # (B,T)  inverts + off
         dth, dz = transform_backward(dz, doff, cache["out"])                                    # (B,T,C)
@@ -214,7 +220,7 @@ def alh_backward(cache, base, hyp, bcfg, acfg, dloss=1.0, frozen=frozenset()):
         grads.update(hg)
         dc += dc_ext[:, 1:]                                                                     # slots 1..T are c_1..c_T
         dc0 = dc_ext[:, 0].sum(0)                                                               # (D,) slot 0 is c_0
-    else:
+    elif acfg.out_context == "current":
         dc0 = None
     grads.update(encoder_backward(dc, cache["enc"], frozen))
     if dc0 is not None:

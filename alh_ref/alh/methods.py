@@ -2,6 +2,7 @@
 
     none            the frozen base model (nothing trained)
     embed-ft        optimise wte directly (what the proposal argues against)
+    embed-ft-l2     embed-ft with the penalty (l2 / 2) ||wte - wte_0||_F^2 added to the loss
     lora-embed      wte + A B, A (V,R) zero-initialised, B (R,C) random
     full-ft         every base parameter
     alh-<family>    the hypernetwork (alh_ref.alh.adapted), family householder | lowrank | film
@@ -11,8 +12,9 @@
                     batch; from another domain where domain labels are given and possible)
 
 ``make_method`` returns a :class:`Method`: its ``params`` (the trainable tensors, by name), a
-``loss_and_grads(x, y, dom=None)`` for the training loop and a ``forward(x, y=None, ignore=None, dom=None)``
-for evaluation. Base parameters that a method does not train are never written.
+``loss_and_grads(x, y, dom=None)`` for the training loop, a ``forward(x, y=None, ignore=None, dom=None)``
+for evaluation and ``dictionaries(x=None, n_positions, seed)``, the effective input dictionaries the
+geometry metrics measure. Base parameters that a method does not train are never written.
 """
 import hashlib
 from dataclasses import dataclass, field, replace
@@ -23,9 +25,9 @@ import numpy as np
 from ..errors import InputError
 from ..model import decayed, gpt_backward, gpt_forward, param_shapes
 from .adapted import ALHConfig, alh_backward, alh_forward, alh_init
-from .transforms import FAMILIES
+from .transforms import FAMILIES, head_param_shapes, transform_forward
 
-BASELINES = ("none", "embed-ft", "lora-embed", "full-ft", "side", "alh-shuffled")
+BASELINES = ("none", "embed-ft", "embed-ft-l2", "lora-embed", "full-ft", "side", "alh-shuffled")
 METHODS = BASELINES + tuple(f"alh-{f}" for f in FAMILIES) + tuple(f"static-{f}" for f in FAMILIES)
 
 
@@ -38,6 +40,9 @@ class Method:
     forward : (x, y=None, ignore=None, dom=None) -> (logits (B,T,V), loss or None, cache)
     decay : name -> bool (AdamW weight decay)
     base : the base parameters this method reads (a private copy for the *-ft methods)
+    dictionaries : (x (B,T) or None, n_positions, seed) -> list of (V,C) effective input dictionaries
+        (one for a context-free method; one per sampled position of x for a context-dependent one)
+    n_effective : free parameters of the change applied at one position (see :func:`make_method`)
     info : dict (config of the hypernetwork, etc.)
     """
 
@@ -47,12 +52,41 @@ class Method:
     forward: Callable
     decay: Callable
     base: dict
+    dictionaries: Callable
+    n_effective: int
     info: dict = field(default_factory=dict)
 
     @property
     def n_trainable(self):
         """Number of trainable scalars."""
         return int(sum(a.size for a in self.params.values()))
+
+
+def _fixed(E_fn):
+    """A context-free ``dictionaries``: always the one dictionary ``E_fn()`` (V,C)."""
+    return lambda x=None, n_positions=16, seed=0: [E_fn()]
+
+
+def transformed_dictionary(family, theta, slot, b, E):
+    """The dictionary seen at one position: every row of E through that position's transform.
+
+    Parameters
+    ----------
+    family : "householder" | "lowrank" | "film"
+    theta : dict of per-slot transform parameters from the ALH forward cache (slots 0..T on axis 1)
+    slot : int   the slot (input site: slot t is the transform applied to x_t)
+    b : int      batch item
+    E : ndarray (V,C)
+
+    Returns
+    -------
+    ndarray (V,C)   row v = T_{b,slot} e_v = A e_v + b_t
+    """
+    V = E.shape[0]
+    th = {k: (v if k == "a" else np.broadcast_to(v[b:b + 1, slot:slot + 1], (1, V) + v.shape[2:]))
+          for k, v in theta.items()}                                        # (1,V,...) the same theta for every row; "a" shared
+    y, _, _ = transform_forward(family, th, E[None], False)                 # (1,V,C): the V rows as V "positions"
+    return y[0]                                                             # (V,C)
 
 
 def derangement(B, rng, dom=None):
@@ -101,12 +135,32 @@ def _alh_method(name, base, bcfg, acfg, seed, shuffled=False):
         _, loss, cache = forward(x, y, None, dom)
         return float(loss), alh_backward(cache, base, hyp, bcfg, acfg)
 
-    return Method(name, hyp, loss_and_grads, forward, decayed, base, {"alh": acfg.to_dict()})
+    def dictionaries(x=None, n_positions=16, seed=0):
+        """T_{slot} wte at ``n_positions`` sampled (b, t) of x (the input site's slot t; output-only: t+1 or t)."""
+        if x is None:
+            raise InputError(f"method {name!r} needs x: its dictionary depends on the context")
+        theta = forward(x)[2]["theta"]
+        B, T = x.shape
+        n = min(int(n_positions), B * T)
+        if n < 1:
+            raise InputError(f"n_positions={n_positions}; expected at least 1")
+        shift = 1 if acfg.site == "output" and acfg.out_context == "current" else 0
+        flat = np.random.default_rng(seed).choice(B * T, size=n, replace=False)             # (n,)
+        return [transformed_dictionary(acfg.family, theta, f % T + shift, f // T, base["wte"]) for f in flat.tolist()]
+
+    if acfg.head == "side":
+        dicts, n_eff = _fixed(lambda: base["wte"]), bcfg.n_embd                           # one added vector per position
+    else:
+        n_eff = int(sum(int(np.prod(s)) for k, s in head_param_shapes(acfg.family, 1, bcfg.n_embd, acfg.K, acfg.R).items()
+                        if k != "alh.head.w"))                                            # dim of theta_t (+ shared a)
+        dicts = dictionaries
+    return Method(name, hyp, loss_and_grads, forward, decayed, base, dicts, n_eff, {"alh": acfg.to_dict()})
 
 
-def _base_method(name, base, bcfg, trainable_names):
+def _base_method(name, base, bcfg, trainable_names, l2=0.0):
     frozen = frozenset(n for n in param_shapes(bcfg) if n not in trainable_names)
     params = {n: base[n] for n in param_shapes(bcfg) if n in trainable_names}      # views into base
+    init = {n: p.copy() for n, p in params.items()} if l2 else {}                 # the anchor of the L2 penalty
 
     def forward(x, y=None, ignore=None, dom=None):
         return gpt_forward(base, bcfg, x, y, ignore)
@@ -114,9 +168,15 @@ def _base_method(name, base, bcfg, trainable_names):
     def loss_and_grads(x, y, dom=None):
         _, loss, cache = gpt_forward(base, bcfg, x, y)
         grads, _ = gpt_backward(cache, base, bcfg, frozen)
+        for n, p0 in init.items():                                                 # + (l2/2) ||p - p0||^2
+            d = params[n] - p0                                                     # same shape as p
+            loss = loss + 0.5 * l2 * float((d.astype(np.float64) ** 2).sum())
+            grads[n] = grads[n] + (l2 * d).astype(grads[n].dtype)
         return float(loss), grads
 
-    return Method(name, params, loss_and_grads, forward, decayed, base)
+    n_eff = int(sum(p.size for p in params.values()))
+    return Method(name, params, loss_and_grads, forward, decayed, base, _fixed(lambda: base["wte"]), n_eff,
+                  {"l2": l2} if l2 else {})
 
 
 def _lora_method(base, bcfg, rank, seed):
@@ -141,10 +201,11 @@ def _lora_method(base, bcfg, rank, seed):
         return float(loss), {"lora.a": dW @ params["lora.b"].T,                     # (V,C) @ (C,R) -> (V,R)
                              "lora.b": params["lora.a"].T @ dW}                     # (R,V) @ (V,C) -> (R,C)
 
-    return Method("lora-embed", params, loss_and_grads, forward, lambda n: True, base, {"rank": rank})  # both 2-D: decayed
+    return Method("lora-embed", params, loss_and_grads, forward, lambda n: True, base,  # both 2-D: decayed
+                  _fixed(lambda: eff()["wte"]), (V + C) * rank, {"rank": rank})
 
 
-def make_method(name, base, bcfg, acfg=None, seed=0, lora_rank=4):
+def make_method(name, base, bcfg, acfg=None, seed=0, lora_rank=4, l2=1e-2):
     """Build a method by name (see the module docstring for the list).
 
     Parameters
@@ -155,16 +216,22 @@ def make_method(name, base, bcfg, acfg=None, seed=0, lora_rank=4):
     acfg : ALHConfig or None (defaults); its family is replaced by the one in the name
     seed : int   initialisation of the new parameters
     lora_rank : int
+    l2 : float   strength of embed-ft-l2's penalty toward the pretrained wte
 
     Returns
     -------
-    Method
+    Method   with ``n_effective`` = the free parameters of the change applied at one position:
+        the trained tensors for *-ft, (V + C) R for lora-embed, dim theta_t for a transform
+        (householder K C, lowrank 2 R C, film 2 C; context-free or not), C for side, 0 for none
     """
     acfg = acfg or ALHConfig()
     if name == "none":
         return _base_method(name, base, bcfg, ())
-    if name == "embed-ft":
-        return _base_method(name, {k: v.copy() for k, v in base.items()}, bcfg, ("wte",))
+    if name in ("embed-ft", "embed-ft-l2"):
+        if name == "embed-ft-l2" and not (isinstance(l2, (int, float)) and l2 > 0):
+            raise InputError(f"embed-ft-l2 strength l2={l2!r}; expected a positive number")
+        return _base_method(name, {k: v.copy() for k, v in base.items()}, bcfg, ("wte",),
+                            l2=float(l2) if name == "embed-ft-l2" else 0.0)
     if name == "full-ft":
         return _base_method(name, {k: v.copy() for k, v in base.items()}, bcfg, tuple(param_shapes(bcfg)))
     if name == "lora-embed":

@@ -1,4 +1,9 @@
-"""The synthetic corpus: Markov-chain domains over one word vocabulary, with their exact entropies."""
+"""The synthetic corpus: Markov-chain domains over one word vocabulary, with their exact entropies.
+
+With ``shared > 0`` the domains share part of their transition rows, so the current symbol alone
+often does not say which domain a document is in; the exact loss floor given a document's whole
+history is then the forward algorithm over the latent domain (:func:`bayes_entropies`).
+"""
 from __future__ import annotations
 
 import bisect
@@ -24,7 +29,8 @@ def synthetic_words(n_symbols: int) -> list[str]:
     return [_SYLLABLES[i % n] + _SYLLABLES[(i // n + 3 * (i % n)) % n] for i in range(n_symbols)]
 
 
-def synthetic_chains(K: int, n_symbols: int, n_successors: int, alpha: float, seed: int) -> np.ndarray:
+def synthetic_chains(K: int, n_symbols: int, n_successors: int, alpha: float, seed: int,
+                     shared: float = 0.0) -> np.ndarray:
     """K sparse transition matrices over one shared symbol set.
 
     Domain k (RNG seeded by ``(seed, 1, k)``): a random cyclic order of the symbols; state i's
@@ -32,23 +38,81 @@ def synthetic_chains(K: int, n_symbols: int, n_successors: int, alpha: float, se
     ``n_successors - 1`` other states drawn without replacement; their probabilities are
     ``Dirichlet(alpha, ..., alpha)``. ``P[k, i, j] = Pr(x_{t+1} = j | x_t = i, domain k)``.
 
+    With ``shared > 0``: every domain uses domain 0's cycle (so each chain stays irreducible), and
+    the rows of ``round(shared * V)`` states (the first of a permutation seeded ``(seed, 3)``)
+    are domain 0's rows in every domain. ``shared = 0`` gives the independent chains above.
+
     Returns
     -------
     np.ndarray, shape (K, V, V), float64
         Row-stochastic matrices, V = n_symbols.
     """
     V = n_symbols
+    if not 0.0 <= float(shared) <= 1.0:
+        raise InputError(f"synthetic option shared={shared!r} is invalid; expected a fraction in [0, 1]")
     P = np.zeros((K, V, V))                                            # (K,V,V)
+    cycle0 = np.random.default_rng([seed, 1, 0]).permutation(V)        # (V,) domain 0's cycle
     for k in range(K):
         rng = np.random.default_rng([seed, 1, k])
         cycle = rng.permutation(V)                                      # (V,)
+        if shared > 0:
+            cycle = cycle0
         nxt = np.empty(V, dtype=np.int64)                               # (V,)
         nxt[cycle] = np.roll(cycle, -1)
         for i in range(V):
             others = np.delete(np.arange(V), nxt[i])                    # (V-1,)
             succ = np.concatenate([[nxt[i]], rng.choice(others, n_successors - 1, replace=False)])  # (S,)
             P[k, i, succ] = rng.dirichlet(np.full(n_successors, float(alpha)))                      # (S,)
+    n_shared = int(round(float(shared) * V))
+    if n_shared:
+        rows = np.random.default_rng([seed, 3]).permutation(V)[:n_shared]                          # (n_shared,)
+        P[1:, rows] = P[0, rows]
     return P
+
+
+def _entropy_rows(p: np.ndarray) -> np.ndarray:
+    """Entropy (nats) of each distribution on the last axis, 0 log 0 = 0."""
+    return -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(-1)
+
+
+def bayes_entropies(P: np.ndarray, x: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Entropy of the exact next-symbol distribution given a document's whole history.
+
+    The domain k is latent with prior ``prior``; the first symbol follows domain k's stationary
+    distribution pi_k, then the chain P_k. The forward algorithm keeps the posterior
+    ``w_t(k) = Pr(k | x_0..x_{t-1})``:
+
+        p(x_0 = . )           = sum_k prior_k pi_k(.)
+        p(x_t = . | x_<t)     = sum_k w_t(k) P_k[x_{t-1}, .]
+        w_{t+1}(k)           ~ w_t(k) P_k[x_{t-1}, x_t]   (w_1(k) ~ prior_k pi_k(x_0))
+
+    and h_t = H(p(x_t | x_<t)). Its mean over positions is the lowest expected loss any model can
+    reach on these histories; a one-hot prior gives the known-domain floor.
+
+    Parameters
+    ----------
+    P : np.ndarray, shape (K, V, V)   the domains' transition matrices
+    x : np.ndarray, shape (n,), int   one document's symbols
+    prior : np.ndarray, shape (K,)    probabilities of the domains
+
+    Returns
+    -------
+    np.ndarray, shape (n,), float64   h_0 .. h_{n-1}
+    """
+    P = np.asarray(P, dtype=np.float64)                                 # (K,V,V)
+    w = np.asarray(prior, dtype=np.float64) / np.sum(prior)             # (K,)
+    pis = np.stack([markov_entropy_rate(P[k])[1] if w[k] > 0 else np.full(P.shape[1], 1.0 / P.shape[1])
+                    for k in range(P.shape[0])])                        # (K,V)
+    h = np.empty(len(x))                                                # (n,)
+    pred = w @ pis                                                      # (V,)
+    h[0] = _entropy_rows(pred)
+    w = w * pis[:, x[0]]                                                # (K,)
+    for t in range(1, len(x)):
+        w = w / w.sum()
+        rows = P[:, x[t - 1]]                                           # (K,V)
+        h[t] = _entropy_rows(w @ rows)
+        w = w * rows[:, x[t]]                                           # (K,)
+    return h
 
 
 def markov_entropy_rate(P: np.ndarray) -> tuple[float, np.ndarray]:
@@ -120,7 +184,7 @@ def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
 
 
 def synthetic_corpus(K: int = 2, n_docs: int = 200, doc_len: int = 256, n_symbols: int = 64,
-                     n_successors: int = 4, alpha: float = 1.0, seed: int = 0) -> Corpus:
+                     n_successors: int = 4, alpha: float = 1.0, seed: int = 0, shared: float = 0.0) -> Corpus:
     """K Markov-chain domains over one 4-letter-word vocabulary; documents alternate domains.
 
     Document d has domain ``d mod K`` and is ``doc_len`` symbols sampled with RNG ``(seed, 2, d)``:
@@ -136,6 +200,8 @@ def synthetic_corpus(K: int = 2, n_docs: int = 200, doc_len: int = 256, n_symbol
         Dirichlet concentration of each state's successor probabilities (> 0).
     seed : int
         Everything is a deterministic function of the options.
+    shared : float
+        Fraction of states whose transition row is the same in every domain (see :func:`synthetic_chains`).
 
     Returns
     -------
@@ -152,7 +218,9 @@ def synthetic_corpus(K: int = 2, n_docs: int = 200, doc_len: int = 256, n_symbol
     seed = _check_int("seed", seed, 0)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0 or not np.isfinite(alpha):
         raise InputError(f"synthetic option alpha={alpha!r} is invalid; expected a positive number")
-    P = synthetic_chains(K, V, S, float(alpha), seed)                   # (K,V,V)
+    if isinstance(shared, bool) or not isinstance(shared, (int, float)) or not 0 <= shared <= 1:
+        raise InputError(f"synthetic option shared={shared!r} is invalid; expected a fraction in [0, 1]")
+    P = synthetic_chains(K, V, S, float(alpha), seed, float(shared))   # (K,V,V)
     rates = [markov_entropy_rate(P[k]) for k in range(K)]
     words = synthetic_words(V)
     domains = [d % K for d in range(n_docs)]
@@ -163,7 +231,8 @@ def synthetic_corpus(K: int = 2, n_docs: int = 200, doc_len: int = 256, n_symbol
     H = [h for h, _ in rates]
     H0 = [float(-(pi[pi > 0] * np.log(pi[pi > 0])).sum()) for _, pi in rates]
     meta = {"kind": "synthetic", "K": K, "n_docs": n_docs, "doc_len": doc_len, "n_symbols": V,
-            "n_successors": S, "alpha": float(alpha), "seed": seed, "domains": domains, "words": words,
+            "n_successors": S, "alpha": float(alpha), "seed": seed, "shared": float(shared), "domains": domains,
+            "words": words,
             "entropy_rate_nats": H, "first_symbol_entropy_nats": H0,
             "doc_nats": [h0 + (doc_len - 1) * h for h0, h in zip(H0, H)], "chars_per_symbol": CHARS_PER_SYMBOL}
     return Corpus("synthetic", docs, meta)

@@ -1,0 +1,151 @@
+"""Unit tests of the experiment's parts: windows, floors, tuning, bootstrap, envelope, verdict rules, methods."""
+import math
+
+import numpy as np
+import pytest
+
+from alh_ref.alh.adapted import ALHConfig
+from alh_ref.alh.methods import make_method
+from alh_ref.corpora.synthetic import bayes_entropies, synthetic_chains
+from alh_ref.errors import InputError
+from alh_ref.gradcheck import check_named
+from alh_ref.model import GPTConfig, init_params
+from alh_ref.study.data import doc_windows
+from alh_ref.study.measure import position_bins
+from alh_ref.study.protocol import sweep
+from alh_ref.study.summary import boot_stat, envelope, interval, read_envelope
+from alh_ref.study.verdict import combine, spearman_perm
+
+
+def test_doc_windows_start_at_the_document():
+    x, y, valid = doc_windows([np.array([5, 6]), np.array([1, 2, 3, 4, 7])], eot=9, T=4)
+    np.testing.assert_array_equal(x, [[9, 5, 6, 9], [9, 1, 2, 3]])
+    np.testing.assert_array_equal(y, [[5, 6, 9, 9], [1, 2, 3, 4]])
+    np.testing.assert_array_equal(valid, [[1, 1, 1, 0], [1, 1, 1, 1]])
+
+
+def test_position_bins():
+    assert position_bins(32) == [(0, 1), (1, 4), (4, 16), (16, 32)]
+    assert position_bins(3) == [(0, 1), (1, 3)]
+
+
+def test_bayes_entropies_exact_two_domain_example():
+    # domain 0 always goes 0 -> 1 -> 0 ...; domain 1 from 0 goes to 0 or 1 with 1/2 each, from 1 always to 0
+    P = np.array([[[0.0, 1.0], [1.0, 0.0]], [[0.5, 0.5], [1.0, 0.0]]])          # (2,2,2)
+    x = np.array([0, 1, 0, 0])
+    pi0, pi1 = np.array([0.5, 0.5]), np.array([2 / 3, 1 / 3])
+    h = bayes_entropies(P, x, np.array([0.5, 0.5]))
+
+    def H(p):
+        p = np.asarray(p, dtype=float)
+        return float(-(p[p > 0] * np.log(p[p > 0])).sum())
+    p0 = 0.5 * pi0 + 0.5 * pi1                                                   # first symbol: the mixed stationary law
+    w = np.array([0.5 * pi0[0], 0.5 * pi1[0]]); w /= w.sum()                     # posterior after x_0 = 0
+    p1 = w[0] * P[0, 0] + w[1] * P[1, 0]
+    w2 = w * np.array([P[0, 0, 1], P[1, 0, 1]]); w2 /= w2.sum()                  # after 0 -> 1
+    p2 = w2[0] * P[0, 1] + w2[1] * P[1, 1]                                       # from 1: both go to 0, entropy 0
+    w3 = w2 * np.array([P[0, 1, 0], P[1, 1, 0]]); w3 /= w3.sum()
+    p3 = w3[0] * P[0, 0] + w3[1] * P[1, 0]
+    np.testing.assert_allclose(h, [H(p0), H(p1), H(p2), H(p3)], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(bayes_entropies(P, x, np.array([0.0, 1.0]))[1:], [math.log(2), 0.0, math.log(2)],
+                               rtol=0, atol=1e-12)                               # known domain 1
+
+
+def test_shared_rows_are_shared_and_zero_keeps_the_old_chains():
+    P = synthetic_chains(3, 20, 3, 1.0, 5, shared=0.5)
+    same = [i for i in range(20) if np.array_equal(P[0, i], P[1, i]) and np.array_equal(P[0, i], P[2, i])]
+    assert len(same) == 10
+    np.testing.assert_array_equal(synthetic_chains(3, 20, 3, 1.0, 5, shared=0.0), synthetic_chains(3, 20, 3, 1.0, 5))
+    with pytest.raises(InputError):
+        synthetic_chains(3, 20, 3, 1.0, 5, shared=1.5)
+
+
+def test_sweep_extends_past_an_edge_and_says_so():
+    calls = []
+
+    def run(v):
+        calls.append(v)
+        return abs(math.log10(v) + 4), v                                        # best at 1e-4, below the grid
+    best, tried, _, extended, edge = sweep(run, [1e-2, 1e-1], max_extend=3)
+    assert best == pytest.approx(1e-4) and edge is False
+    assert extended == pytest.approx([1e-3, 1e-4, 1e-5])
+    best, _, _, extended, edge = sweep(run, [1e-2, 1e-1], max_extend=1)
+    assert best == pytest.approx(1e-3) and edge is True and len(extended) == 1
+    best, tried, _, extended, _ = sweep(lambda v: (math.inf if v > 0.05 else -v, None), [1e-2, 3e-2, 1e-1], 2)
+    assert best == 3e-2 and tried["0.1"] is None and extended == []              # diverged neighbour: interior choice
+
+
+def test_bootstrap_with_unit_weights_is_the_ratio_of_sums():
+    sums = np.array([[1.0, 2.0], [3.0, 6.0]])                                    # (N=2, S=2)
+    cnt = np.array([2.0, 2.0])
+    W = np.ones((1, 2))
+    assert boot_stat(W, sums, cnt)[0] == pytest.approx(0.5 * (4 / 4 + 8 / 4))
+    assert interval(np.arange(101.0)) == [2.5, 97.5]
+
+
+def test_envelope_is_a_lower_envelope():
+    pts = [{"B": 3.0, "A": 1.0}, {"B": 2.0, "A": 2.0}, {"B": 1.5, "A": 1.5}, {"B": 1.0, "A": 4.0}]
+    env = envelope(pts, "A")
+    assert env == [(1.0, 4.0), (1.5, 1.5), (3.0, 1.0)]
+    assert read_envelope(env, 2.5) == 1.5 and read_envelope(env, 0.5) is None and read_envelope(env, 9) == 1.0
+
+
+def test_verdict_combination_and_spearman():
+    assert combine([True, True]) == "held" and combine([False, False]) == "did not hold"
+    assert combine([True, False]) == "mixed" and combine([True, None]) is None
+    rho, p = spearman_perm(np.arange(8.0), np.arange(8.0) ** 2, n_perm=2000)
+    assert rho == pytest.approx(1.0) and p < 0.01
+    rho, p = spearman_perm(np.arange(8.0), -np.arange(8.0), n_perm=2000)
+    assert rho == pytest.approx(-1.0) and p > 0.9
+
+
+BCFG = GPTConfig(vocab_size=11, block_size=6, n_layer=1, n_head=2, n_embd=6)
+
+
+def _noisy(p, rng, scale=0.3):
+    for a in p.values():
+        a += scale * rng.standard_normal(a.shape)
+
+
+@pytest.mark.parametrize("encoder", ["transformer", "mean", "static"])
+def test_side_prev_gradients(encoder):
+    rng = np.random.default_rng(7)
+    base = init_params(BCFG, seed=1, dtype=np.float64)
+    _noisy(base, rng, 0.2)
+    acfg = ALHConfig(D=4, n_layer=1, n_head=2, K=4, R=2, head="side", out_context="prev", encoder=encoder)
+    m = make_method("side", base, BCFG, acfg, seed=2)
+    m.params.update({k: v.astype(np.float64) + 0.3 * rng.standard_normal(v.shape) for k, v in m.params.items()})
+    x, y = rng.integers(0, 11, (3, 5)), rng.integers(0, 11, (3, 5))
+    if encoder != "static":
+        assert "alh.c0" in m.params                                             # c_{-1}: what t = 0 reads
+    _, g = m.loss_and_grads(x, y)
+    errs = check_named(lambda: float(m.forward(x, y)[1]), m.params, g, list(m.params), n_samples=8)
+    assert max(errs.values()) < 1e-5
+
+
+def test_side_prev_never_reads_the_current_token():
+    rng = np.random.default_rng(3)
+    base = init_params(BCFG, seed=1, dtype=np.float64)
+    m = make_method("side", base, BCFG, ALHConfig(D=4, n_head=2, head="side", out_context="prev"), seed=2)
+    for v in m.params.values():
+        v += 0.3 * rng.standard_normal(v.shape)
+    x = rng.integers(0, 11, (1, 5))
+    x2 = x.copy()
+    x2[0, 4] = (x[0, 4] + 1) % 11
+    side = lambda ids: m.forward(ids)[0] - make_method("none", base, BCFG).forward(ids)[0]  # noqa: E731
+    np.testing.assert_allclose(side(x)[0, 4], side(x2)[0, 4], rtol=0, atol=1e-12)  # the added vector at t=4 reads x_<4
+
+
+def test_embed_ft_l2_penalty_gradient():
+    rng = np.random.default_rng(4)
+    base = init_params(BCFG, seed=1, dtype=np.float64)
+    m = make_method("embed-ft-l2", base, BCFG, l2=0.7)
+    m.params["wte"] += 0.1 * rng.standard_normal(m.params["wte"].shape)
+    x, y = rng.integers(0, 11, (2, 5)), rng.integers(0, 11, (2, 5))
+    loss, g = m.loss_and_grads(x, y)
+    d = m.params["wte"] - base["wte"]
+    assert loss == pytest.approx(float(m.forward(x, y)[1]) + 0.35 * float((d ** 2).sum()), rel=1e-12)
+    errs = check_named(lambda: m.loss_and_grads(x, y)[0], m.params, g, ["wte"], n_samples=8)
+    assert max(errs.values()) < 1e-5
+    with pytest.raises(InputError):
+        make_method("embed-ft-l2", base, BCFG, l2=0.0)

@@ -4,9 +4,9 @@ import ast
 import numpy as np
 import pytest
 
-from alh_ref.corpora import (BUILTIN_CORPORA, Corpus, encode_documents, fingerprint_documents, load_corpus,
-                             markov_entropy_rate, PYCODE_MODULES, sample_chain, split_documents, strip_docstrings,
-                             synthetic_chains, synthetic_words)
+from alh_ref.corpora import (BUILTIN_CORPORA, MIN_REST_CHARS, Corpus, encode_documents, fingerprint_documents,
+                             load_corpus, markov_entropy_rate, module_units, require_split_sizes, sample_chain,
+                             split_documents, split_sizes, strip_docstrings, synthetic_chains, synthetic_words)
 from alh_ref.errors import InputError
 from alh_ref.tokenizer import EOT, train_bpe
 
@@ -37,7 +37,43 @@ def test_builtin_contents():
                 first = node.body[0]
                 assert not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
                             and isinstance(first.value.value, str))
-    assert len(code) == len(PYCODE_MODULES)
+    assert len(set(code)) == len(code)
+    assert "def nlargest(" in "".join(code) and any(d.startswith("class ArgumentParser(") for d in code)
+
+
+def test_module_units_cut_at_top_level_defs():
+    src = ('import os\nX = 1\n@staticmethod\ndef f(x):\n    """doc"""\n    return x\n'
+           'class A:\n    def m(self):\n        pass\nasync def g():\n    pass\nY = 2  # comment\n')
+    assert module_units(src, min_rest_chars=0) == ["import os\nX = 1\nY = 2\n", "@staticmethod\ndef f(x):\n    return x\n",
+                                                   "class A:\n\n    def m(self):\n        pass\n", "async def g():\n    pass\n"]
+    assert module_units(src)[0].startswith("@staticmethod")                 # 20 chars of module code < MIN_REST_CHARS
+    assert module_units("Z = 0\n" * MIN_REST_CHARS)[0].startswith("Z = 0")
+
+
+def test_pycode_splits_hold_enough_documents():
+    sp = split_documents(load_corpus("pycode"), (0.8, 0.1, 0.1))         # the study's fractions
+    assert min(len(s.documents) for s in sp.values()) >= 10
+    assert require_split_sizes(sp, 10, what="domain B") is sp
+    sizes = split_sizes(sp)
+    assert sum(v["docs"] for v in sizes.values()) == len(load_corpus("pycode").documents)
+    assert sizes["val"] == {"docs": len(sp["val"].documents), "chars": sum(map(len, sp["val"].documents))}
+
+
+def test_require_split_sizes_refuses_small_split():
+    c = Corpus("tiny", [f"document {i}" for i in range(12)])
+    sp = split_documents(c, (0.8, 0.1, 0.1))
+    n = len(sp["val"].documents)
+    assert n < 10
+    with pytest.raises(InputError, match=rf"^domain B: the val split of corpus 'tiny' holds {n} document\(s\).*"
+                                         r"expected at least 10"):
+        require_split_sizes({"val": sp["val"]}, 10, what="domain B")
+    require_split_sizes({"val": sp["val"]}, n, what="domain B")             # exactly the minimum passes
+
+
+def test_docstrings_do_not_repeat_pydoc_or_pycode_documents():
+    docs = set(load_corpus("docstrings").documents)
+    for other in ("pydoc", "pycode"):
+        assert docs.isdisjoint(load_corpus(other).documents), other
 
 
 def test_strip_docstrings_keeps_code():

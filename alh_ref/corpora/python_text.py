@@ -1,4 +1,4 @@
-"""The standard-library corpora: pydoc topics, docstrings, and pycode (module source, docstrings stripped).
+"""The standard-library corpora: pydoc topics, docstrings, and pycode (functions, classes and module code, docstrings stripped).
 
 They depend on the Python version (``meta['python']``); their fingerprints are stable for one version.
 """
@@ -122,8 +122,43 @@ def strip_docstrings(source: str) -> str:
     return ast.unparse(tree) + "\n"
 
 
+MIN_REST_CHARS = 200      # a module's code outside its functions/classes is a document from this many characters
+
+
+def module_units(source: str, min_rest_chars: int = MIN_REST_CHARS) -> list[str]:
+    """One module's source cut into documents: its remaining top-level code, then each top-level def/class.
+
+    The source is first cleaned with :func:`strip_docstrings`. Every top-level ``def``,
+    ``async def`` and ``class`` statement (with its decorators) is one document, in source order;
+    the other top-level statements (imports, assignments, ``if __name__ == ...`` blocks) together
+    form one more document, placed first, if their ``ast.unparse`` has at least
+    ``min_rest_chars`` characters.
+
+    Parameters
+    ----------
+    source : str
+        Python module source.
+    min_rest_chars : int
+        Size from which the remaining top-level code is kept.
+
+    Returns
+    -------
+    list of str
+        Each ends with a newline and is valid Python on its own (``ast.parse`` accepts it).
+    """
+    tree = ast.parse(strip_docstrings(source))
+    defs = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    units = [ast.unparse(n) + "\n" for n in tree.body if isinstance(n, defs)]
+    rest = ast.unparse(ast.Module([n for n in tree.body if not isinstance(n, defs)], type_ignores=[]))
+    return ([rest + "\n"] if len(rest) >= min_rest_chars else []) + units
+
+
 def pycode_documents(modules=PYCODE_MODULES) -> list[str]:
-    """Source of each module file (``inspect.getsourcefile``), docstrings and comments stripped.
+    """Source of each module file cut at function/class level (:func:`module_units`), distinct texts once.
+
+    Each module is found with ``inspect.getsourcefile`` and read with ``tokenize.open`` (which
+    honours a coding cookie). Documents come in module order, then source order; a text equal to
+    an earlier one is dropped (so no copy can fall in another split).
 
     Parameters
     ----------
@@ -133,13 +168,15 @@ def pycode_documents(modules=PYCODE_MODULES) -> list[str]:
     Returns
     -------
     list of str
-        One document per module, in the order given.
     """
-    docs = []
+    docs, seen = [], set()
     for modname in modules:
         path = inspect.getsourcefile(importlib.import_module(modname))
         if path is None:
             raise RunError(f"no Python source file for stdlib module {modname!r}; expected a full Python install")
-        with tokenize.open(path) as f:      # honours the file's coding cookie
-            docs.append(strip_docstrings(f.read()))
+        with tokenize.open(path) as f:
+            for unit in module_units(f.read()):
+                if unit not in seen:
+                    seen.add(unit)
+                    docs.append(unit)
     return docs

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from alh_ref.corpora import (BUILTIN_CORPORA, MIN_REST_CHARS, Corpus, encode_documents, fingerprint_documents,
-                             load_corpus, markov_entropy_rate, module_units, require_split_sizes, sample_chain,
+                             load_corpus, markov_entropy_rate, module_units, pydoc_sections, require_split_sizes, sample_chain,
                              split_documents, split_sizes, strip_docstrings, synthetic_chains, synthetic_words)
 from alh_ref.errors import InputError
 from alh_ref.tokenizer import EOT, train_bpe
@@ -22,7 +22,11 @@ def test_builtin_loads_nonempty_and_deterministic(name):
 
 def test_builtin_contents():
     from pydoc_data.topics import topics
-    assert load_corpus("pydoc").documents == [topics[k] for k in sorted(topics)]
+    pydoc = load_corpus("pydoc").documents
+    assert pydoc == list(dict.fromkeys(p for k in sorted(topics) for p in pydoc_sections(topics[k])))
+    assert len(set(pydoc)) == len(pydoc) > len(topics)
+    for k in sorted(topics):                               # cutting keeps every non-blank character, in order
+        assert "".join(topics[k].split()) == "".join("".join(p.split()) for p in pydoc_sections(topics[k]))
     docs = load_corpus("docstrings").documents
     assert len(set(docs)) == len(docs)
     import heapq, inspect, textwrap
@@ -41,6 +45,14 @@ def test_builtin_contents():
     assert "def nlargest(" in "".join(code) and any(d.startswith("class ArgumentParser(") for d in code)
 
 
+def test_pydoc_sections_cut_before_full_width_equals_underline():
+    topic = ("Title\n*****\n\nintro\n\nFirst section\n=============\n\nbody = 1\n==\n\n"
+             "Second\n======\ntext\n  \n")
+    assert pydoc_sections(topic) == ["Title\n*****\n\nintro", "First section\n=============\n\nbody = 1\n==",
+                                     "Second\n======\ntext"]
+    assert pydoc_sections("no heading\n") == ["no heading"]
+
+
 def test_module_units_cut_at_top_level_defs():
     src = ('import os\nX = 1\n@staticmethod\ndef f(x):\n    """doc"""\n    return x\n'
            'class A:\n    def m(self):\n        pass\nasync def g():\n    pass\nY = 2  # comment\n')
@@ -50,12 +62,13 @@ def test_module_units_cut_at_top_level_defs():
     assert module_units("Z = 0\n" * MIN_REST_CHARS)[0].startswith("Z = 0")
 
 
-def test_pycode_splits_hold_enough_documents():
-    sp = split_documents(load_corpus("pycode"), (0.8, 0.1, 0.1))         # the study's fractions
+@pytest.mark.parametrize("name", ["pydoc", "pycode", "docstrings"])
+def test_stdlib_splits_hold_enough_documents(name):
+    sp = split_documents(load_corpus(name), (0.8, 0.1, 0.1))             # the study's fractions
     assert min(len(s.documents) for s in sp.values()) >= 10
     assert require_split_sizes(sp, 10, what="domain B") is sp
     sizes = split_sizes(sp)
-    assert sum(v["docs"] for v in sizes.values()) == len(load_corpus("pycode").documents)
+    assert sum(v["docs"] for v in sizes.values()) == len(load_corpus(name).documents)
     assert sizes["val"] == {"docs": len(sp["val"].documents), "chars": sum(map(len, sp["val"].documents))}
 
 

@@ -3,7 +3,7 @@
 Every corpus is a list of documents (``str``). Built-ins need nothing but the Python standard
 library (and NumPy for ``synthetic``), so they work offline:
 
-    pydoc       the reference-manual prose of ``pydoc_data.topics.topics``, one document per topic
+    pydoc       the reference-manual prose of ``pydoc_data.topics.topics``, one document per section
     docstrings  docstrings of :data:`DOCSTRING_MODULES`, one document per distinct docstring
     pycode      source of :data:`PYCODE_MODULES`, docstrings and comments stripped, one per top-level
                 function/class (plus each module's remaining code)
@@ -23,7 +23,7 @@ from .documents import (PER_DOCUMENT_META, SPLITS, Corpus, document_unit, encode
                         require_split_sizes, split_documents, split_sizes)
 from .files import DOC_SEPARATOR, TEXT_SUFFIXES, path_documents, read_text_file
 from .python_text import (DOCSTRING_MODULES, MIN_REST_CHARS, PYCODE_MODULES, _python_meta, docstring_documents,
-                          module_units, pycode_documents, pydoc_documents, strip_docstrings)
+                          module_units, pycode_documents, pydoc_documents, pydoc_sections, strip_docstrings)
 from .synthetic import (CHARS_PER_SYMBOL, markov_entropy_rate, sample_chain, synthetic_chains, synthetic_corpus,
                         synthetic_words)
 
@@ -32,9 +32,9 @@ BUILTIN_CORPORA = ("pydoc", "docstrings", "pycode", "synthetic")
 __all__ = ["BUILTIN_CORPORA", "CHARS_PER_SYMBOL", "DOCSTRING_MODULES", "DOC_SEPARATOR", "MIN_REST_CHARS",
            "PER_DOCUMENT_META", "PYCODE_MODULES", "SPLITS", "TEXT_SUFFIXES", "Corpus", "docstring_documents",
            "document_unit", "encode_documents", "fingerprint_documents", "load_corpus", "markov_entropy_rate",
-           "module_units", "path_documents", "pycode_documents", "pydoc_documents", "read_text_file",
-           "require_split_sizes", "sample_chain", "split_documents", "split_sizes", "strip_docstrings",
-           "synthetic_chains", "synthetic_corpus", "synthetic_words"]
+           "module_units", "path_documents", "pycode_documents", "pydoc_documents", "pydoc_sections",
+           "read_text_file", "require_split_sizes", "sample_chain", "split_documents", "split_sizes",
+           "strip_docstrings", "synthetic_chains", "synthetic_corpus", "synthetic_words"]
 
 
 def load_corpus(name_or_path: str, *, errors: str = "strict", **opts) -> Corpus:

@@ -8,6 +8,7 @@ import ast
 import importlib
 import inspect
 import platform
+import re
 import tokenize
 import warnings
 
@@ -34,10 +35,49 @@ def _python_meta(kind: str, modules=()) -> dict:
     return meta
 
 
+_SECTION = re.compile(r"^(?=[^\n]*\S[^\n]*\n=+$)", re.M)   # before a line underlined with "=" (a section title)
+
+
+def pydoc_sections(topic: str) -> list[str]:
+    """One pydoc topic cut before each section heading (a non-blank line underlined with ``=``).
+
+    Only a full-width underline counts (``len(underline) == len(title)``). Pieces keep their text
+    exactly, surrounding whitespace stripped; whitespace-only pieces are dropped.
+
+    Parameters
+    ----------
+    topic : str
+        Text of one ``pydoc_data.topics.topics`` entry.
+
+    Returns
+    -------
+    list of str
+        The leading part (topic title, underlined with ``*``, and its introduction), then one
+        document per section.
+    """
+    cuts = [m.start() for m in _SECTION.finditer(topic)
+            if len(topic[m.start():].split("\n", 2)[1]) == len(topic[m.start():].split("\n", 1)[0])]
+    bounds = [0] + cuts + [len(topic)]
+    return [p for a, b in zip(bounds, bounds[1:]) if (p := topic[a:b].strip())]
+
+
 def pydoc_documents() -> list[str]:
-    """Reference-manual topics of ``pydoc_data.topics.topics``, one document per topic, sorted by key."""
+    """Reference-manual prose of ``pydoc_data.topics.topics``, one document per section (:func:`pydoc_sections`).
+
+    Topics are taken in sorted key order, sections in text order; a text equal to an earlier
+    document is dropped.
+
+    Returns
+    -------
+    list of str
+    """
     from pydoc_data.topics import topics
-    return [topics[k] for k in sorted(topics)]
+    return _distinct(p for k in sorted(topics) for p in pydoc_sections(topics[k]))
+
+
+def _distinct(texts) -> list[str]:
+    """The texts in order, each distinct one once (at its first occurrence)."""
+    return list(dict.fromkeys(texts))
 
 
 def _own_module(obj, modname: str) -> bool:
@@ -169,14 +209,11 @@ def pycode_documents(modules=PYCODE_MODULES) -> list[str]:
     -------
     list of str
     """
-    docs, seen = [], set()
+    docs = []
     for modname in modules:
         path = inspect.getsourcefile(importlib.import_module(modname))
         if path is None:
             raise RunError(f"no Python source file for stdlib module {modname!r}; expected a full Python install")
         with tokenize.open(path) as f:
-            for unit in module_units(f.read()):
-                if unit not in seen:
-                    seen.add(unit)
-                    docs.append(unit)
-    return docs
+            docs += module_units(f.read())
+    return _distinct(docs)

@@ -1,0 +1,18 @@
+"""A PyTorch port of alh_ref's models, checked against the golden bundle (docs/scale.md).
+
+The NumPy package is the specification; this subpackage is a port of it with autograd, for GPUs
+and data parallel training. It is the only part of alh_ref that imports torch (the ``torch``
+extra: ``pip install -e '.[torch]'``).
+
+    model.py     the GPT (parameter names exactly the NumPy names)
+    alh.py       the hypernetwork: encoders, head, householder / lowrank / film, sites, side head
+    methods.py   ALH and the baselines as one TorchMethod, initialised from the NumPy method
+    optim.py     AdamW, clipping and schedule of alh_ref.optim
+    golden.py    golden-check: recompute every case of a bundle and compare
+    runs.py      pretrain / adapt / eval on the run folders of alh_ref.runs, data parallel (DDP)
+    cli.py       python -m alh_ref.torch golden-check | pretrain | adapt | eval
+"""
+try:
+    import torch  # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised only without torch
+    raise ImportError("alh_ref.torch needs PyTorch: pip install -e '.[torch]' (torch==2.13.0)") from e

@@ -41,7 +41,7 @@ class AdamW:
         """||g||_2 over every trainable tensor, accumulated in float64 (a Python float)."""
         total = torch.zeros((), dtype=torch.float64, device=next(iter(self.params.values())).device)
         for p in self.params.values():
-            g = p.grad.double()
+            g = _grad(p).double()
             total = total + (g * g).sum()
         return math.sqrt(float(total))
 
@@ -57,7 +57,7 @@ class AdamW:
         inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - c.beta2 ** self.t)
         for n, p in self.params.items():
             wd = c.weight_decay if self.decay[n] else 0.0
-            g = p.grad.double() * gscale                                            # (shape of p)
+            g = _grad(p).double() * gscale                                            # (shape of p)
             m = c.beta1 * self.m[n].double() + (1.0 - c.beta1) * g
             v = c.beta2 * self.v[n].double() + (1.0 - c.beta2) * g * g
             self.m[n].copy_(m)
@@ -85,3 +85,8 @@ class AdamW:
             for k, buf in (("m.", self.m[n]), ("v.", self.v[n])):
                 buf.copy_(torch.from_numpy(np.ascontiguousarray(tensors[k + n])).to(buf.dtype))
         self.t = int(t)
+
+
+def _grad(p):
+    """p.grad, or zeros when the loss did not reach p."""
+    return torch.zeros_like(p) if p.grad is None else p.grad

@@ -11,12 +11,13 @@ autograd in place of the hand-written backward:
     output site:  logits_t = (A^T z_t) wte^T + z_t . b,  slot t+1 ("current") or t ("prev")
     side head:    z_t <- z_t + c_t @ side.w + side.b   (instead of any transform)
 
-:class:`ALHNet` holds the parameters; ``dict(ALHNet.named_parameters(prefix="alh"))`` has exactly
+:class:`ALHNet` holds the parameters; ``ALHNet.canonical()`` is ``{name: Parameter}`` with exactly
 the keys of ``alh_ref.alh.alh_param_shapes(bcfg, acfg)``, in that order.
 """
 import torch
 from torch import nn
 
+from ..alh.adapted import alh_param_shapes
 from .model import MLP, Body, LayerNorm, cross_entropy
 
 
@@ -159,7 +160,7 @@ class ALHNet(nn.Module):
 
     def __init__(self, bcfg, acfg):
         super().__init__()
-        self.acfg = acfg
+        self.bcfg, self.acfg = bcfg, acfg
         self.enc = make_encoder(bcfg, acfg)
         if acfg.encoder != "static" and acfg.head == "transform":
             self.c0 = nn.Parameter(torch.zeros(acfg.D))                             # (D,) the empty context
@@ -167,6 +168,12 @@ class ALHNet(nn.Module):
             self.side = Side(acfg.D, bcfg.n_embd)
         else:
             self.head = Head(acfg.family, acfg.D, bcfg.n_embd, acfg.K, acfg.R)
+
+    def canonical(self):
+        """{name: Parameter} under the NumPy names "alh.*", in the order of alh_param_shapes (encoder,
+        c0, head; torch's own named_parameters lists c0 before the submodules)."""
+        named = dict(self.named_parameters(prefix="alh"))
+        return {n: named[n] for n in alh_param_shapes(self.bcfg, self.acfg)}
 
 
 def alh_forward(net, base, x, y=None, ctx=None, extras=None):

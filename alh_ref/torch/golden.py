@@ -60,14 +60,13 @@ def _models(case, arrays, dtype, device):
     net = None
     if case["config"]["alh"] is not None:
         net = ALHNet(bcfg, ALHConfig(**case["config"]["alh"])).to(dtype=dtype, device=device)
-        params = {"alh." + n: None for n, _ in net.named_parameters()}
-        load_numpy(net, {n[4:]: arrays["param." + n] for n in params})
+        load_numpy(net, {n[4:]: arrays["param." + n] for n in net.canonical()})
     return base, net
 
 
 def _trainable(case, base, net):
     """{name: Parameter} of the case's trainable names (base frozen for ALH)."""
-    named = dict(base.named_parameters()) if net is None else dict(net.named_parameters(prefix="alh"))
+    named = dict(base.named_parameters()) if net is None else net.canonical()
     for p in list(base.parameters()) + ([] if net is None else list(net.parameters())):
         p.requires_grad_(False)
     out = {n: named[n] for n in case["trainable"]}
@@ -97,7 +96,7 @@ def compute_case(case, arrays, device="cpu"):
     train = _trainable(case, base, net)
     out = {}
     every = dict(base.named_parameters()) if net is None else \
-        dict(base.named_parameters(), **dict(net.named_parameters(prefix="alh")))
+        dict(base.named_parameters(), **net.canonical())
     out.update({"param." + n: _np(p) for n, p in every.items()})
     dev = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
     if "input.x" in arrays:
@@ -174,6 +173,8 @@ def golden_check(folder, device="cpu", cases=None):
     """
     folder = Path(folder)
     man = read_bundle(folder)
+    if device != "cpu" and not device.startswith("cuda"):
+        raise InputError(f"--device {device!r}; expected cpu or cuda")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise InputError("--device cuda: torch finds no CUDA device here; use --device cpu")

@@ -56,7 +56,7 @@ class TorchMethod(nn.Module):
     def trainable(self):
         """{NumPy name: Parameter} of the trained tensors, in the NumPy method's order."""
         if self.kind == "alh":
-            return dict(self.alh.named_parameters(prefix="alh"))
+            return self.alh.canonical()
         if self.kind == "lora":
             return {"lora.a": self.lora.a, "lora.b": self.lora.b}
         base = dict(self.base.named_parameters())

@@ -72,6 +72,12 @@ def build_parser():
     p.add_argument("bundle", nargs="?", default="tests/golden", help="bundle folder (default tests/golden)")
     p.add_argument("--case", action="append", help="check only this case (repeatable)")
     _backend(p, run=False)
+    p = sub.add_parser("bench", help="train-step tokens/s, NumPy vs torch on CPU, interleaved")
+    p.add_argument("--config", choices=("tiny", "small"), default="tiny")
+    p.add_argument("--rounds", type=_pos, default=5, metavar="N")
+    p.add_argument("--steps", type=_pos, default=5, metavar="N", help="steps per pair and round")
+    p.add_argument("--threads", type=_pos, default=1, metavar="N", help="torch threads (set OPENBLAS_NUM_THREADS alike)")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("pretrain", help="pretrain a base GPT (torch backend)")
     _data(p)
     _training(p, "base")
@@ -110,6 +116,10 @@ def _run(args):
         from .golden import format_report, golden_check
         r = golden_check(args.bundle, args.device, args.case)
         return (0 if r["ok"] else 1), {k: r[k] for k in ("ok", "first_failure", "device")}, [format_report(r)]
+    if args.command == "bench":
+        from .bench import bench
+        med, lines = bench(args.config, args.rounds, args.steps, args.threads)
+        return 0, {f"{b}/{n}": v for (b, n), v in med.items()}, lines
     from . import runs
     progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
     copts = None if not args.corpus_opt else dict(args.corpus_opt)

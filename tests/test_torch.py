@@ -10,7 +10,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is not installed (optional extra: pip install -e '.[torch]')")
 
 from alh_ref.alh import ALHConfig, alh_param_shapes  # noqa: E402
-from alh_ref.alh.methods import METHODS, make_method as numpy_method  # noqa: E402
+from alh_ref.alh.methods import METHODS  # noqa: E402
+from alh_ref.alh.methods import make_method as numpy_method  # noqa: E402
 from alh_ref.model import GPTConfig, init_params, param_shapes  # noqa: E402
 from alh_ref.torch import model as tmodel  # noqa: E402
 from alh_ref.torch.alh import ALHNet  # noqa: E402

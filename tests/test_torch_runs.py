@@ -78,6 +78,12 @@ def test_numpy_base_adapts_with_torch_and_evals_agree(out, texts, method):
     ev_t = truns.evaluate(f"t-{method}", out=out, corpus=texts["b"])
     assert ev_n["n_tokens"] == ev_t["n_tokens"]
     assert abs(ev_n["loss"] - ev_t["loss"]) <= 1e-5 * ev_n["loss"]
+    # alh-ref resumes the torch run (AdamW moments, step count and sampler RNG from its checkpoint)
+    for name in (f"t-{method}", f"n-{method}"):
+        runs.adapt(out, name, resume=True, steps=6)
+    h_t, h_n = _history(out / f"t-{method}"), _history(out / f"n-{method}")
+    assert [r["step"] for r in h_t] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([r["loss"] for r in h_t], [r["loss"] for r in h_n], rtol=1e-5)
 
 
 def test_torch_base_adapts_with_numpy_and_evals_agree(out, texts):

@@ -16,7 +16,8 @@ import torch
 
 from ..alh.methods import make_method as numpy_method
 from ..model import CONFIGS, decayed, init_params
-from ..optim import AdamW as NumpyAdamW, AdamWConfig
+from ..optim import AdamW as NumpyAdamW
+from ..optim import AdamWConfig
 from .methods import make_method
 from .optim import AdamW
 

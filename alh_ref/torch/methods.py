@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..alh.adapted import ALHConfig
-from ..alh.methods import derangement, make_method as make_numpy_method, shuffle_rng
+from ..alh.methods import derangement, shuffle_rng
+from ..alh.methods import make_method as make_numpy_method
 from .alh import ALHNet, alh_forward
 from .model import GPT, cross_entropy, load_numpy, numpy_params
 

@@ -52,6 +52,13 @@ def _final(summary):
     return load_checkpoint(summary["checkpoint"])[0]
 
 
+def _assert_same_tensors(got, want):
+    """Same names, and every tensor equal to float32 rounding after a few AdamW steps."""
+    assert set(got) == set(want)
+    for n in want:
+        np.testing.assert_allclose(got[n], want[n], rtol=1e-4, atol=1e-6, err_msg=n)
+
+
 def test_torch_pretrain_follows_numpy_pretrain(out):
     """Same seed, data and schedule: the same loss curve and final parameters, to float32 rounding."""
     a, b = _history(out / "np_base"), _history(out / "torch_base")
@@ -59,9 +66,7 @@ def test_torch_pretrain_follows_numpy_pretrain(out):
     np.testing.assert_allclose([r["grad_norm"] for r in b], [r["grad_norm"] for r in a], rtol=1e-4)
     pa = load_checkpoint(out / "np_base" / "checkpoints" / "step-000006")[0]
     pb = load_checkpoint(out / "torch_base" / "checkpoints" / "step-000006")[0]
-    assert set(pa) == set(pb)
-    for n in pa:
-        np.testing.assert_allclose(pb[n], pa[n], rtol=1e-4, atol=1e-6, err_msg=n)
+    _assert_same_tensors(pb, pa)
 
 
 @pytest.mark.parametrize("method", ["alh-householder", "lora-embed"])
@@ -70,10 +75,7 @@ def test_numpy_base_adapts_with_torch_and_evals_agree(out, texts, method):
     s_t = truns.adapt(out, f"t-{method}", **opts)
     s_n = runs.adapt(out, f"n-{method}", **opts)
     np.testing.assert_allclose(s_t["history"], [r["loss"] for r in _history(out / f"n-{method}")], rtol=1e-5)
-    ft, fn = _final(s_t), _final(s_n)
-    assert set(ft) == set(fn)
-    for n in fn:
-        np.testing.assert_allclose(ft[n], fn[n], rtol=1e-4, atol=1e-6, err_msg=n)
+    _assert_same_tensors(_final(s_t), _final(s_n))
     ev_n = runs.evaluate(f"t-{method}", out=out, corpus=texts["b"])                  # alh-ref eval of the torch run
     ev_t = truns.evaluate(f"t-{method}", out=out, corpus=texts["b"])
     assert ev_n["n_tokens"] == ev_t["n_tokens"]
@@ -113,6 +115,4 @@ def test_two_gloo_processes_equal_one(out, texts, tmp_path):
     np.testing.assert_allclose([r["loss"] for r in h2], [r["loss"] for r in h1], rtol=1e-5)
     p2 = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "step-000004")[0]
     p1 = load_checkpoint(tmp_path / "one" / "checkpoints" / "step-000004")[0]
-    assert set(p1) == set(p2)
-    for n in p1:
-        np.testing.assert_allclose(p2[n], p1[n], rtol=1e-4, atol=1e-6, err_msg=n)
+    _assert_same_tensors(p2, p1)

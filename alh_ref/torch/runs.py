@@ -26,10 +26,10 @@ from ..alh.adapted import ALHConfig
 from ..corpora import BUILTIN_CORPORA
 from ..errors import InputError, RunError
 from ..io_utils import atomic_write_json, atomic_write_text
-from ..model import CONFIGS, init_params, param_shapes
+from ..model import CONFIGS, init_params
 from ..optim import AdamWConfig
-from ..runs import (find_tokenizer, list_checkpoints, load_model, load_run_checkpoint, load_split, model_config,
-                    resolve_checkpoint, run_path, save_state, stream_tokens)
+from ..runs import (find_tokenizer, list_checkpoints, load_model, load_split, model_config, run_path, save_state,
+                    stream_tokens)
 from ..tokenizer import train_bpe
 from ..train import sample_batch
 from .methods import load_trainable, make_method, trainable_numpy
@@ -139,15 +139,10 @@ def adapt(out="runs", name=None, *, progress=False, device="cpu", dtype="float32
         raise InputError("adapt needs --base RUN_OR_CKPT")
     o = _resolve(opts, ADAPT_OPTIONS)
     s = _resolve(opts, SESSION)
-    base_ckpt, base_rd = resolve_checkpoint(opts["base"], out)
-    if opts.get("tokenizer") is None and base_rd is None:
-        raise InputError(f"cannot find the tokenizer of {str(base_ckpt)!r} (not inside a run folder); pass --tokenizer")
-    tok = find_tokenizer(opts.get("tokenizer") or base_rd)
-    arrays, bmeta, cfg = load_run_checkpoint(base_ckpt, tok.sha256, ("base",))
-    missing = [n for n in param_shapes(cfg) if n not in arrays]
-    if missing:
-        raise InputError(f"base checkpoint {str(base_ckpt)!r} lacks tensor {missing[0]!r}; expected a pretrain checkpoint")
-    base = {n: arrays[n] for n in param_shapes(cfg)}
+    m = load_model(opts["base"], out, opts.get("tokenizer"))                                    # checks tokenizer, names, shapes
+    if m["manifest"]["kind"] != "base":
+        raise InputError(f"--base {opts['base']!r} is an adapted run; expected a pretrain run or checkpoint")
+    tok, cfg, bmeta, base_ckpt, base = m["tokenizer"], m["cfg"], m["manifest"], m["checkpoint"], m["method"].base
     data = load_split(opts["corpus"], opts.get("corpus_opts"), o["split"])
     tokens = stream_tokens(tok, data, cfg.block_size)                                          # (n,)
     acfg = ALHConfig(encoder=o["encoder"], site=o["site"], out_context=o["out_context"], D=o["D"],

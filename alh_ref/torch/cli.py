@@ -159,6 +159,12 @@ def main(argv=None):
         if args.json and not quiet:
             print(json.dumps({"ok": False, "error": msg, "exit_code": e.exit_code}), flush=True)
         return e.exit_code
+    except OSError as e:
+        print(" ".join(f"error: {e.strerror or e} ({e.filename})".split()), file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted (checkpoints already written are kept)", file=sys.stderr, flush=True)
+        return 130
     if not quiet:
         for line in lines:
             print(line, flush=True)

@@ -5,8 +5,8 @@
     z = LN_f(h);   logits = z @ wte^T  (tied; or z @ lm_head.w);   loss = mean CE(logits, y)
 
 Weights are (in, out) and a linear layer is ``y = x @ w + b``, as in the NumPy model, so a
-parameter dict moves between the two sides without transposes: ``GPT(cfg).load_numpy(params)``
-and ``model.numpy_params()``. ``dict(model.named_parameters())`` has the keys of
+parameter dict moves between the two sides without transposes: ``load_numpy(GPT(cfg), params)``
+and ``numpy_params(model)``. ``dict(model.named_parameters())`` has the keys of
 ``alh_ref.model.param_shapes(cfg)``, in that order. Gradients come from autograd.
 """
 import math

@@ -163,8 +163,12 @@ def adapt(out="runs", name=None, *, progress=False, device="cpu", dtype="float32
                manifest, info, progress, rank, world, dev)
 
 
-def fit(rd, job, method, tokens, o, s, acfg, rng, manifest, info, progress, rank, world, dev):
+def fit(rd, job, method, tokens, o, s, ocfg, rng, manifest, info, progress, rank, world, dev):
     """Train ``s["steps"]`` steps (global batch o["batch_size"], split over ``world`` ranks); rank 0 writes.
+
+    method : TorchMethod;  tokens : ndarray (n,) int;  o, s : the run's and the session's options;
+    ocfg : AdamWConfig;  rng : the batch sampler;  manifest : run metadata saved with every checkpoint;
+    info : extra summary fields;  rank, world, dev : from :func:`setup`.
 
     Returns the summary dict, written to rd/summary.json on rank 0.
     """
@@ -175,7 +179,7 @@ def fit(rd, job, method, tokens, o, s, acfg, rng, manifest, info, progress, rank
     model = method
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(method, device_ids=[dev.index] if dev.type == "cuda" else None)
-    opt = AdamW(method.trainable(), acfg, method.decay)
+    opt = AdamW(method.trainable(), ocfg, method.decay)
     history, last, t0 = [], None, time.perf_counter()
     bar = None
     if progress and rank == 0:

@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (optional ex
 
 from alh_ref import runs  # noqa: E402
 from alh_ref.checkpoint import load_checkpoint  # noqa: E402
+from alh_ref.errors import InputError  # noqa: E402
 from alh_ref.torch import runs as truns  # noqa: E402
 
 DIMS = {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 32, "batch_size": 4}
@@ -116,3 +117,19 @@ def test_two_gloo_processes_equal_one(out, texts, tmp_path):
     p2 = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "step-000004")[0]
     p1 = load_checkpoint(tmp_path / "one" / "checkpoints" / "step-000004")[0]
     _assert_same_tensors(p2, p1)
+
+
+def test_torch_resumes_runs_of_either_backend(out, texts):
+    """Resuming continues the curve: torch resumes its own base and an alh-ref adapted run, alh-ref resumes its own."""
+    runs.adapt(out, "n-film", base="np_base", method="alh-film", corpus=texts["b"], steps=2, **ALH)
+    runs.adapt(out, "n-film-ref", base="np_base", method="alh-film", corpus=texts["b"], steps=4, **ALH)
+    s = truns.adapt(out, "n-film", resume=True, steps=4)
+    assert s["resumed_from"] == 2 and s["steps_this_session"] == 2
+    np.testing.assert_allclose(s["history"], [r["loss"] for r in _history(out / "n-film-ref")], rtol=1e-5)
+    _assert_same_tensors(_final(s), load_checkpoint(out / "n-film-ref" / "checkpoints" / "step-000004")[0])
+    truns.pretrain(out, "torch_base2", corpus=texts["a"], vocab_size=300, steps=3, ckpt_every=3, **DIMS)
+    truns.pretrain(out, "torch_base2", resume=True, steps=6)
+    np.testing.assert_allclose([r["loss"] for r in _history(out / "torch_base2")],
+                               [r["loss"] for r in _history(out / "torch_base")], rtol=1e-6)
+    with pytest.raises(InputError, match="differs from this run"):
+        truns.pretrain(out, "torch_base2", resume=True, steps=8, seed=5)

@@ -9,8 +9,10 @@ extra: ``pip install -e '.[torch]'``).
     methods.py   ALH and the baselines as one TorchMethod, initialised from the NumPy method
     optim.py     AdamW, clipping and schedule of alh_ref.optim
     golden.py    golden-check: recompute every case of a bundle and compare
-    runs.py      pretrain / adapt / eval on the run folders of alh_ref.runs, data parallel (DDP)
-    cli.py       python -m alh_ref.torch golden-check | pretrain | adapt | eval
+    train.py     the training loop, one process or data parallel (DDP under torchrun)
+    runs.py      pretrain / adapt / resume / eval on the run folders of alh_ref.runs
+    bench.py     train-step tokens/s, NumPy vs torch on CPU
+    cli.py       python -m alh_ref.torch golden-check | bench | pretrain | adapt | eval
 """
 try:
     import torch  # noqa: F401

@@ -61,7 +61,8 @@ def _training(p, name):
         p.add_argument("--" + k, type=t, metavar="N")
     for k in ("lr", "weight-decay", "grad-clip"):
         p.add_argument("--" + k, type=float, metavar="X")
-    p.add_argument("--resume", action="store_true", help="not supported by the torch backend (use alh-ref)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run --name from its newest checkpoint (written by either backend)")
 
 
 def build_parser():

@@ -5,18 +5,14 @@ history.jsonl, summary.json), the same checkpoint files (``alh_ref.runs.save_sta
 through alh_ref.checkpoint: safetensors + manifest, validated, atomic), the same manifest keys, the
 same seeded initialisation (from the NumPy methods) and the same batch sampler
 (``alh_ref.train.sample_batch`` on ``default_rng([seed, 1])`` / ``[seed, 2]``). So
-``alh-ref eval`` reads what this module trains, and the other way round.
-
-Data parallel: under ``torchrun --nproc_per_node N`` (environment WORLD_SIZE > 1) every rank draws
-the same global batch of B sequences from the same RNG and takes its own slice of B/N of them;
-DistributedDataParallel averages the gradients, which equals the gradient of the global mean loss,
-so N processes follow the 1-process run to rounding. Only rank 0 writes files.
+``alh-ref eval`` reads what this module trains, either backend resumes the other's runs, and the
+same command gives the same run on both to float32 rounding. The loop and data parallel training
+are in alh_ref.torch.train.
 """
 import json
 import math
 import os
-import shutil
-import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +20,18 @@ import torch
 
 from ..alh.adapted import ALHConfig
 from ..corpora import BUILTIN_CORPORA
-from ..errors import InputError, RunError
-from ..io_utils import atomic_write_json, atomic_write_text
+from ..checkpoint import RESERVED_KEYS, load_checkpoint, rng_from_json
+from ..errors import InputError
 from ..model import CONFIGS, init_params
 from ..optim import AdamWConfig
-from ..runs import (find_tokenizer, list_checkpoints, load_model, load_split, model_config, run_path, save_state,
-                    stream_tokens)
+from ..runs import find_tokenizer, list_checkpoints, load_model, load_split, model_config, run_path, stream_tokens
 from ..tokenizer import train_bpe
-from ..train import sample_batch
-from .methods import load_trainable, make_method, trainable_numpy
+from .methods import load_trainable, make_method
 from .optim import AdamW
+from .train import fit, setup
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 RUN_FORMAT_VERSION = 1
+SAVE_KEYS = ("step", "opt_t", "rng", "adamw_config")          # manifest keys save_state writes at every save
 # The options that fix a run, with the defaults of ``alh-ref pretrain`` / ``alh-ref adapt``.
 PRETRAIN_OPTIONS = {"split": "train", "vocab_size": None, "config": "tiny", "block_size": None, "n_layer": None,
                     "n_head": None, "n_embd": None, "batch_size": 16, "seed": 0}
@@ -47,37 +42,17 @@ ADAPT_OPTIONS = {"method": None, "split": "train", "batch_size": 16, "seed": 0, 
 SESSION = {"steps": 200, "ckpt_every": 50, "keep": 3}
 
 
-def setup(device="cpu", dtype="float32"):
-    """(rank, world, torch.device, torch dtype); starts the process group under torchrun (gloo on CPU, nccl on CUDA)."""
-    if dtype not in DTYPES:
-        raise InputError(f"--dtype {dtype!r}; expected float32 or float64")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: torch finds no CUDA device here; use --device cpu")
-        torch.backends.cuda.matmul.allow_tf32 = False
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0)
-        torch.cuda.set_device(dev)
-    elif device == "cpu":
-        dev = torch.device("cpu")
-    else:
-        raise InputError(f"--device {device!r}; expected cpu or cuda")
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return rank, world, dev, DTYPES[dtype]
-
-
 def _resolve(given, defaults):
     return {k: (d if given.get(k) is None else given[k]) for k, d in defaults.items()}
 
 
-def _adamw(opts, steps):
-    d = AdamWConfig()
-    pick = lambda k, v: v if opts.get(k) is None else opts[k]  # noqa: E731
-    return AdamWConfig(lr=pick("lr", d.lr), warmup_steps=pick("warmup_steps", d.warmup_steps),
-                       weight_decay=pick("weight_decay", d.weight_decay), grad_clip=pick("grad_clip", d.grad_clip),
-                       total_steps=pick("decay_steps", steps))
+def _adamw(opts, steps, saved=None):
+    """AdamWConfig: the given optimiser options over the defaults (new run) or over the saved config (resume)."""
+    cfg = AdamWConfig(total_steps=steps) if saved is None else AdamWConfig(**saved)
+    new = {k: opts[k] for k in ("lr", "warmup_steps", "weight_decay", "grad_clip") if opts.get(k) is not None}
+    if opts.get("decay_steps") is not None:
+        new["total_steps"] = opts["decay_steps"]
+    return replace(cfg, **new)
 
 
 def _corpus_meta(opts, split, data, tokens):
@@ -88,20 +63,20 @@ def _corpus_meta(opts, split, data, tokens):
 
 def _new_run(out, name, opts):
     rd = run_path(out, name)
-    if opts.get("resume"):
-        raise InputError("the torch backend does not resume runs; resume with alh-ref (same folder), or start a new --name")
     if list_checkpoints(rd):
-        raise InputError(f"run {str(rd)!r} already has checkpoints; choose another --name")
+        raise InputError(f"run {str(rd)!r} already has checkpoints; pass --resume to continue it, or choose another --name")
     if opts.get("corpus") is None:
         raise InputError("this job needs a corpus: --corpus NAME|PATH")
     return rd
 
 
-def pretrain(out="runs", name="base", *, progress=False, device="cpu", dtype="float32", **opts):
-    """Pretrain a base GPT with the torch port into ``out/name`` (options as alh_ref.runs.pretrain).
+def pretrain(out="runs", name="base", *, resume=False, progress=False, device="cpu", dtype="float32", **opts):
+    """Pretrain a base GPT with the torch port into ``out/name``, or resume it (options as alh_ref.runs.pretrain).
 
     Returns the summary dict (as ``alh-ref pretrain --json``), plus device, dtype, world_size.
     """
+    if resume:
+        return _resume(run_path(out, name), "pretrain", opts, progress, device, dtype)
     rank, world, dev, dt = setup(device, dtype)
     rd = _new_run(out, name, opts)
     o = _resolve(opts, PRETRAIN_OPTIONS)
@@ -124,16 +99,21 @@ def pretrain(out="runs", name="base", *, progress=False, device="cpu", dtype="fl
     if rank == 0:
         tok.save(rd / "tokenizer")
     info = {"n_params": int(sum(a.size for a in base.values())), "gpt_config": cfg.to_dict()}
-    return fit(rd, "pretrain", method, tokens, o, s, _adamw(opts, s["steps"]), np.random.default_rng([o["seed"], 1]),
-               manifest, info, progress, rank, world, dev)
+    opt = AdamW(method.trainable(), _adamw(opts, s["steps"]), method.decay)
+    return fit(rd, "pretrain", method, opt, tokens, o, s, np.random.default_rng([o["seed"], 1]), manifest, info,
+               progress, rank, world, dev)
 
 
-def adapt(out="runs", name=None, *, progress=False, device="cpu", dtype="float32", **opts):
-    """Adapt a pretrained base (a run of either backend) with the torch port (options as alh_ref.runs.adapt)."""
+def adapt(out="runs", name=None, *, resume=False, progress=False, device="cpu", dtype="float32", **opts):
+    """Adapt a pretrained base (a run of either backend) with the torch port, or resume (options as alh_ref.runs.adapt)."""
+    if opts.get("method") is None and name is None:
+        raise InputError("adapt needs --method NAME (or --name of the run to resume)")
+    name = name or f"adapt-{opts['method']}"
+    if resume:
+        return _resume(run_path(out, name), "adapt", opts, progress, device, dtype)
     rank, world, dev, dt = setup(device, dtype)
     if opts.get("method") is None:
         raise InputError("adapt needs --method NAME")
-    name = name or f"adapt-{opts['method']}"
     rd = _new_run(out, name, opts)
     if opts.get("base") is None:
         raise InputError("adapt needs --base RUN_OR_CKPT")
@@ -159,90 +139,68 @@ def adapt(out="runs", name=None, *, progress=False, device="cpu", dtype="float32
         tok.save(rd / "tokenizer")
     info = {"method": o["method"], "n_trainable": int(sum(p.numel() for p in method.trainable().values())),
             "base": str(p)}
-    return fit(rd, "adapt", method, tokens, o, s, _adamw(opts, s["steps"]), np.random.default_rng([o["seed"], 2]),
-               manifest, info, progress, rank, world, dev)
+    opt = AdamW(method.trainable(), _adamw(opts, s["steps"]), method.decay)
+    return fit(rd, "adapt", method, opt, tokens, o, s, np.random.default_rng([o["seed"], 2]), manifest, info,
+               progress, rank, world, dev)
 
 
-def fit(rd, job, method, tokens, o, s, ocfg, rng, manifest, info, progress, rank, world, dev):
-    """Train ``s["steps"]`` steps (global batch o["batch_size"], split over ``world`` ranks); rank 0 writes.
-
-    method : TorchMethod;  tokens : ndarray (n,) int;  o, s : the run's and the session's options;
-    ocfg : AdamWConfig;  rng : the batch sampler;  manifest : run metadata saved with every checkpoint;
-    info : extra summary fields;  rank, world, dev : from :func:`setup`.
-
-    Returns the summary dict, written to rd/summary.json on rank 0.
-    """
-    B, T = o["batch_size"], method.bcfg.block_size
-    if B % world:
-        raise InputError(f"--batch-size {B} is not divisible by the {world} processes; expected a multiple of {world}")
-    b = B // world
-    model = method
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(method, device_ids=[dev.index] if dev.type == "cuda" else None)
-    opt = AdamW(method.trainable(), ocfg, method.decay)
-    history, last, t0 = [], None, time.perf_counter()
-    bar = None
-    if progress and rank == 0:
-        from tqdm import tqdm
-        bar = tqdm(total=s["steps"], unit="step", dynamic_ncols=True)
-    try:
-        for _ in range(s["steps"]):
-            ts = time.perf_counter()
-            x, y = sample_batch(tokens, B, T, rng)                                             # (B,T) global batch
-            x, y = torch.as_tensor(x, device=dev), torch.as_tensor(y, device=dev)
-            ctx = method.context(x)                                                            # alh-shuffled: of the global batch
-            sl = slice(rank * b, (rank + 1) * b)
-            opt.zero_grad()
-            _, loss = model(x[sl], y[sl], None if ctx is None else ctx[sl])                    # mean over the rank's slice
-            loss.backward()                                                                    # DDP: gradients averaged
-            loss = loss.detach()
-            if world > 1:
-                torch.distributed.all_reduce(loss)
-                loss = loss / world                                                            # mean over the global batch
-            loss = float(loss)
-            if not math.isfinite(loss):
-                raise RunError(f"loss became {loss} at step {opt.t}; stopping (lower the learning rate)")
-            norm, lr = opt.step()
-            rec = {"step": opt.t, "loss": loss, "grad_norm": norm, "lr": lr, "dt": time.perf_counter() - ts}
-            history.append(rec)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{B * T / rec['dt']:,.0f}")
-            if rank == 0 and (opt.t % s["ckpt_every"] == 0 or opt.t == s["steps"]):
-                atomic_write_text(Path(rd) / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-                last = save_state(rd, opt.t, trainable_numpy(method), opt, rng, manifest)
-                if s["keep"]:
-                    for _, old in list_checkpoints(rd)[:-s["keep"]]:
-                        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if bar is not None:
-            bar.close()
-    sec = time.perf_counter() - t0
-    out = dict(info, job=job, run=str(rd), status="done", step=opt.t, target_steps=s["steps"],
-               checkpoint=None if last is None else str(last), steps_this_session=len(history),
-               loss_first=history[0]["loss"] if history else None, loss_last=history[-1]["loss"] if history else None,
-               elapsed_s=round(sec, 3), tokens_per_s=round(len(history) * B * T / sec, 1) if history else None,
-               tokenizer_sha256=manifest["tokenizer_sha256"], corpus_fingerprint=manifest["corpus_fingerprint"],
-               backend="torch", device=str(dev), dtype=str(next(iter(opt.params.values())).dtype).replace("torch.", ""),
-               world_size=world, history=[r["loss"] for r in history])
-    if rank == 0:
-        atomic_write_json(Path(rd) / "summary.json", {k: v for k, v in out.items() if k != "history"})
-    return out
+def _resume(rd, job, opts, progress, device, dtype):
+    """Continue the newest checkpoint of run ``rd`` (written by either backend): parameters, AdamW moments
+    and step, the batch sampler's RNG and the history, so the run goes on as if it had not stopped."""
+    ckpts = list_checkpoints(rd)
+    if not ckpts:
+        raise InputError(f"nothing to resume: {str(rd)!r} has no checkpoint; run without --resume to start it")
+    if opts.get("base") is not None:
+        raise InputError("--base with --resume (a moved base) is handled by alh-ref adapt --resume --base")
+    rank, world, dev, dt = setup(device, dtype)
+    m = load_method(ckpts[-1][1], tokenizer=opts.get("tokenizer"), device=device, dtype=dtype,
+                    name="full-ft" if job == "pretrain" else None)
+    meta, method, tok = m["manifest"], m["method"].train(), m["tokenizer"]
+    if meta["kind"] != ("base" if job == "pretrain" else "adapt"):
+        raise InputError(f"run {str(rd)!r} is a {meta['kind']!r} run; resume it with the {'adapt' if job == 'pretrain' else 'pretrain'} command")
+    o = meta["options"]
+    for k in (PRETRAIN_OPTIONS if job == "pretrain" else ADAPT_OPTIONS):
+        if opts.get(k) is not None and opts[k] != o.get(k):
+            raise InputError(f"--{k.replace('_', '-')} {opts[k]} differs from this run's {o.get(k)}; a resumed run keeps "
+                             "its data, model, method and seed (drop the option, or start a new run with another --name)")
+    s = _resolve(opts, SESSION)
+    s["steps"] = opts["steps"] if opts.get("steps") is not None else meta["target_steps"]
+    if s["steps"] < meta["step"]:
+        raise InputError(f"--steps {s['steps']} is below the {meta['step']} steps this run has done; expected the new total")
+    c = meta["corpus"]
+    data = load_split(opts.get("corpus") or c["name"], opts.get("corpus_opts") or c["opts"], c["split"])
+    if data.fingerprint != meta["corpus_fingerprint"]:
+        raise InputError(f"corpus mismatch: this run was trained on corpus fingerprint {meta['corpus_fingerprint'][:12]}…, "
+                         f"the text now has {data.fingerprint[:12]}…; restore the original text or start a new run")
+    tokens = stream_tokens(tok, data, m["cfg"].block_size)                                     # (n,)
+    opt = AdamW(method.trainable(), _adamw(opts, s["steps"], meta["adamw_config"]), method.decay)
+    arrays = load_checkpoint(m["checkpoint"])[0]
+    opt.load_state({k[4:]: a for k, a in arrays.items() if k.startswith("opt.")}, meta["opt_t"])
+    manifest = {k: v for k, v in meta.items() if k not in RESERVED_KEYS + SAVE_KEYS}
+    manifest["target_steps"] = s["steps"]
+    path = rd / "history.jsonl"
+    history = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+    info = {"resumed_from": int(meta["step"]), "n_trainable": int(sum(p.numel() for p in method.trainable().values()))}
+    if job == "adapt":
+        info.update(method=meta["method"], base=meta["base"]["path"])
+    return fit(rd, job, method, opt, tokens, o, s, rng_from_json(meta["rng"]), manifest, info, progress, rank, world,
+               dev, [r for r in history if r["step"] <= meta["step"]])
 
 
-def load_method(ref, out="runs", tokenizer=None, device="cpu", dtype="float32"):
+def load_method(ref, out="runs", tokenizer=None, device="cpu", dtype="float32", name=None):
     """A run of either backend (base or adapted) as a TorchMethod, with alh_ref.runs.load_model's checks.
 
-    Returns the dict of ``load_model`` with "method" replaced by the TorchMethod (eval mode).
+    name : the method to build (default the run's; a base run is "none", or "full-ft" to train it on).
+    Returns the dict of ``load_model`` with "method" replaced by the TorchMethod (eval mode) and "device".
     """
     _, _, dev, dt = setup(device, dtype)
     m = load_model(ref, out, tokenizer)
     meta, cfg, npm = m["manifest"], m["cfg"], m["method"]
-    name = meta.get("method", "none")
+    name = name or meta.get("method", "none")
     acfg = ALHConfig(**meta["alh_config"]) if meta.get("alh_config") else None
     o = meta.get("options", {})
     tm = make_method(name, npm.base, cfg, acfg, seed=o.get("seed", 0), lora_rank=o.get("lora_rank", 4), dtype=dt, device=dev)
-    load_trainable(tm, npm.params)
+    load_trainable(tm, dict(npm.base, **npm.params))                                          # full-ft of a base: its own tensors
     return dict(m, method=tm.eval(), device=dev)
 
 

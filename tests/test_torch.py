@@ -119,8 +119,11 @@ def test_golden_check_cli(capsys):
     (["golden-check", str(GOLDEN), "--device", "tpu"], "expected cpu or cuda"),
     (["adapt", "--corpus", "pydoc", "--base", "x"], "needs --method"),
     (["eval", "--run", "/nonexistent/run"], "not found"),
+    (["adapt", "--corpus", "pydoc", "--base", "x", "--method", "embed-ft", "--K", "2"], "does not apply"),
+    (["pretrain", "--corpus", "pydoc", "--dtype", "float64", "--device", "tpu"], "expected cpu or cuda"),
 ])
-def test_bad_input_is_one_line_and_exit_2(capsys, argv, phrase):
+def test_bad_input_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path, argv, phrase):
+    monkeypatch.chdir(tmp_path)                                            # the default --out runs/ lands here
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and phrase in err[0]

@@ -61,6 +61,17 @@ def _corpus_meta(opts, split, data, tokens):
             "split": split, "n_documents": len(data.documents), "n_tokens": int(tokens.shape[0])}
 
 
+def _check_method_options(method, opts):
+    """Hypernetwork options only for alh-*/static-*/side, lora_rank only for lora-embed (as alh-ref adapt)."""
+    has_alh = method.startswith(("alh-", "static-")) or method == "side"
+    wrong = [k for k in ("encoder", "site", "out_context", "D", "hyper_layers", "hyper_heads", "K", "R")
+             if opts.get(k) is not None and not has_alh]
+    wrong += ["lora_rank"] if opts.get("lora_rank") is not None and method != "lora-embed" else []
+    if wrong:
+        raise InputError(f"--{wrong[0].replace('_', '-')} does not apply to method {method!r}; hypernetwork options "
+                         "go with alh-*/static-*/side, --lora-rank with lora-embed")
+
+
 def _new_run(out, name, opts):
     rd = run_path(out, name)
     if list_checkpoints(rd):
@@ -117,6 +128,7 @@ def adapt(out="runs", name=None, *, resume=False, progress=False, device="cpu", 
     rd = _new_run(out, name, opts)
     if opts.get("base") is None:
         raise InputError("adapt needs --base RUN_OR_CKPT")
+    _check_method_options(opts["method"], opts)
     o = _resolve(opts, ADAPT_OPTIONS)
     s = _resolve(opts, SESSION)
     m = load_model(opts["base"], out, opts.get("tokenizer"))                                    # checks tokenizer, names, shapes

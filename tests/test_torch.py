@@ -74,16 +74,17 @@ def test_every_method_matches_numpy_forward_and_gradients(name):
         np.testing.assert_allclose(p.grad.numpy(), g, rtol=1e-7, atol=1e-9 * max(1.0, np.abs(g).max()), err_msg=n)
 
 
-def test_untied_alh_and_float32_match_numpy():
+@pytest.mark.parametrize("name", METHODS)
+def test_untied_base_and_float32_match_numpy(name):
     cfg = GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16, tied=False)
     base = _base(cfg)
     x, y = _batch(cfg)
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
-        npm = numpy_method("alh-film", {k: v.astype(np.float64) for k, v in base.items()}, cfg, ACFG, seed=5)
+        npm = numpy_method(name, base, cfg, ACFG, seed=5)
         rng = np.random.default_rng(6)
         for a in npm.params.values():
             a += 0.05 * rng.standard_normal(a.shape)
-        tm = make_method("alh-film", base, cfg, ACFG, seed=5, dtype=dtype)
+        tm = make_method(name, base, cfg, ACFG, seed=5, dtype=dtype)
         load_trainable(tm, npm.params)
         logits, _, _ = npm.forward(x, y)
         got = tm(torch.as_tensor(x))[0].detach().double().numpy()

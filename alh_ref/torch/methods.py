@@ -18,7 +18,7 @@ from ..alh.adapted import ALHConfig
 from ..alh.methods import derangement, shuffle_rng
 from ..alh.methods import make_method as make_numpy_method
 from .alh import ALHNet, alh_forward
-from .model import GPT, cross_entropy, load_numpy, numpy_params
+from .model import GPT, cross_entropy, load_numpy
 
 
 class Lora(nn.Module):
@@ -88,9 +88,10 @@ class TorchMethod(nn.Module):
 
 
 def _lora_forward(base, wte_eff, x, y):
-    """The base GPT with its (tied) dictionary replaced by wte_eff (V,C), at input and output."""
+    """The base GPT with wte replaced by wte_eff (V,C): at the input, and at the output when tied."""
     z = base.body(wte_eff[x])                                                       # (B,T,C)
-    logits = z @ wte_eff.t()                                                        # (B,T,V)
+    W = wte_eff if base.cfg.tied else base.lm_head.w.t()                            # (V,C)
+    logits = z @ W.t()                                                              # (B,T,V)
     return logits, (None if y is None else cross_entropy(logits, y))
 
 
@@ -125,10 +126,9 @@ def _module_name(m, name):
     return name if m.kind in ("alh", "lora") else "base." + name
 
 
-def trainable_numpy(method, dtype=None):
-    """{NumPy name: ndarray} of a method's trained tensors (CPU copies)."""
-    return {n: p.detach().cpu().numpy().astype(dtype or p.detach().cpu().numpy().dtype)
-            for n, p in method.trainable().items()}
+def trainable_numpy(method):
+    """{NumPy name: ndarray} of a method's trained tensors (CPU copies, in the method's dtype)."""
+    return {n: p.detach().cpu().numpy().copy() for n, p in method.trainable().items()}
 
 
 def load_trainable(method, arrays):
@@ -137,4 +137,4 @@ def load_trainable(method, arrays):
                [_module_name(method, n) for n in method.trainable()])
 
 
-__all__ = ["TorchMethod", "make_method", "trainable_numpy", "load_trainable", "numpy_params"]
+__all__ = ["TorchMethod", "load_trainable", "make_method", "trainable_numpy"]

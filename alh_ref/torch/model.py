@@ -5,8 +5,8 @@
     z = LN_f(h);   logits = z @ wte^T  (tied; or z @ lm_head.w);   loss = mean CE(logits, y)
 
 Weights are (in, out) and a linear layer is ``y = x @ w + b``, as in the NumPy model, so a
-parameter dict moves between the two sides without transposes: ``load_numpy(GPT(cfg), params)``
-and ``numpy_params(model)``. ``dict(model.named_parameters())`` has the keys of
+parameter dict moves between the two sides without transposes (``load_numpy(GPT(cfg), params)``).
+``dict(model.named_parameters())`` has the keys of
 ``alh_ref.model.param_shapes(cfg)``, in that order. Gradients come from autograd.
 """
 import math
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..model import param_shapes
+from ..errors import InputError
 
 LN_EPS = 1e-5
 GELU_C = math.sqrt(2.0 / math.pi)
@@ -184,23 +184,7 @@ def load_numpy(module, arrays, names=None):
     for n in (params if names is None else names):
         p, a = params[n], arrays[n]
         if tuple(p.shape) != tuple(a.shape):
-            raise ValueError(f"parameter {n} has shape {tuple(p.shape)}; got an array of shape {a.shape}")
+            raise InputError(f"parameter {n} has shape {tuple(p.shape)}; got an array of shape {a.shape}")
         with torch.no_grad():
             p.copy_(torch.from_numpy(np.ascontiguousarray(a)).to(p.dtype))
     return module
-
-
-def numpy_params(module, dtype=None):
-    """{name: ndarray} of a module's parameters (detached CPU copies, in the module's order)."""
-    out = {}
-    for n, p in module.named_parameters():
-        a = p.detach().cpu().numpy().copy()
-        out[n] = a if dtype is None else a.astype(dtype)
-    return out
-
-
-def gpt_from_numpy(params, cfg, dtype=torch.float64, device="cpu"):
-    """A GPT with the NumPy parameter dict ``params`` (names of param_shapes(cfg)) loaded."""
-    model = GPT(cfg).to(dtype=dtype, device=device)
-    assert list(dict(model.named_parameters())) == list(param_shapes(cfg)), "names must follow param_shapes"
-    return load_numpy(model, params)

@@ -14,7 +14,3 @@ extra: ``pip install -e '.[torch]'``).
     bench.py     train-step tokens/s, NumPy vs torch on CPU
     cli.py       python -m alh_ref.torch golden-check | bench | pretrain | adapt | eval
 """
-try:
-    import torch  # noqa: F401
-except ImportError as e:  # pragma: no cover - exercised only without torch
-    raise ImportError("alh_ref.torch needs PyTorch: pip install -e '.[torch]' (torch==2.13.0)") from e

@@ -128,3 +128,8 @@ def test_bad_input_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path, argv, p
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and phrase in err[0]
+
+
+@pytest.mark.parametrize("argv", [["pretrain", "--lr", "nan"], ["pretrain", "--steps", "0"], ["frobnicate"], []])
+def test_usage_errors_exit_2(capsys, argv):
+    assert main(argv) == 2

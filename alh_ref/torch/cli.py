@@ -26,6 +26,16 @@ def _nonneg(s):
     return v
 
 
+def _nonneg_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not (v >= 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"{s} is not a finite number >= 0")
+    return v
+
+
 def _kv(s):
     if "=" not in s:
         raise argparse.ArgumentTypeError(f"{s!r} is not KEY=VALUE")
@@ -53,14 +63,14 @@ def _data(p, split_help="train"):
 
 
 def _training(p, name):
-    p.add_argument("--name", default=name, help=f"run name (default {name})")
+    p.add_argument("--name", default=name, help=f"run name (default {name or 'adapt-<method>'})")
     p.add_argument("--tokenizer", metavar="PATH", help="tokenizer (a run folder or its tokenizer/ folder)")
-    p.add_argument("--seed", type=_nonneg)
+    p.add_argument("--seed", type=_nonneg, metavar="N", help="seed of the new parameters and of the batch order")
     for k, t in (("steps", _pos), ("batch-size", _pos), ("warmup-steps", _nonneg), ("decay-steps", _pos),
                  ("ckpt-every", _pos), ("keep", _nonneg)):
         p.add_argument("--" + k, type=t, metavar="N")
     for k in ("lr", "weight-decay", "grad-clip"):
-        p.add_argument("--" + k, type=float, metavar="X")
+        p.add_argument("--" + k, type=_nonneg_float, metavar="X")
     p.add_argument("--resume", action="store_true",
                    help="continue the run --name from its newest checkpoint (written by either backend)")
 

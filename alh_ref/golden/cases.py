@@ -13,11 +13,11 @@ import dataclasses
 
 import numpy as np
 
+from .. import ops
 from ..alh.adapted import ALHConfig, alh_backward, alh_forward, alh_init, alh_param_shapes
 from ..alh.encoders import encoder_forward
 from ..errors import InputError
 from ..model import GPTConfig, block_forward, decayed, embed_forward, gpt_backward, gpt_forward, init_params, param_shapes
-from ..ops import layernorm_forward, softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from ..optim import AdamW, AdamWConfig
 from ..train import gpt_loss_and_grads, sample_batch
 
@@ -180,15 +180,15 @@ def _activations(params, x):
     for l in range(GPT_CFG.n_layer):
         h, _ = block_forward(params, l, h, GPT_CFG.n_head)                                      # (B,T,C)
         out[f"act.h.{l}"] = h
-    out["act.ln_f"], _ = layernorm_forward(h, params["ln_f.w"], params["ln_f.b"])              # (B,T,C)
+    out["act.ln_f"], _ = ops.layernorm_forward(h, params["ln_f.w"], params["ln_f.b"])              # (B,T,C)
     return out
 
 
 def _dlogits(logits, y):
     """d(mean loss)/d logits (B,T,V) = (softmax(logits) - onehot(y)) / (B T)."""
     V = logits.shape[-1]
-    _, c = softmax_cross_entropy_forward(logits.reshape(-1, V), y.reshape(-1))                  # (N,V) -> ()
-    return softmax_cross_entropy_backward(1.0, c).reshape(logits.shape)                         # (N,V) -> (B,T,V)
+    _, c = ops.softmax_cross_entropy_forward(logits.reshape(-1, V), y.reshape(-1))                  # (N,V) -> ()
+    return ops.softmax_cross_entropy_backward(1.0, c).reshape(logits.shape)                         # (N,V) -> (B,T,V)
 
 
 def _gpt_outputs(params, x, y):

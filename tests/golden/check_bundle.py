@@ -1,6 +1,6 @@
 """Check a port's golden outputs with nothing but numpy and safetensors (no alh_ref, no Numba).
 
-    python check_bundle.py OUTPUT_DIR [--reference BUNDLE_DIR] [--only-failures]
+    python check_bundle.py OUTPUT_DIR [--reference BUNDLE_DIR] [--allow-missing] [--only-failures]
 
 OUTPUT_DIR holds the port's <case>.safetensors files, written with the keys of docs/golden.md
 section 3. BUNDLE_DIR (default: the folder this script is in) is a golden bundle: its manifest.json
@@ -14,7 +14,9 @@ For each tensor it prints max_abs, max_rel (over the elements with |b| >= atol/r
 relative part of the tolerance dominates; "-" if there are none, e.g. a gradient that is
 mathematically zero), share (the fraction of the tolerance used) and the worst element's index,
 then names the first failing tensor: the earliest place, in computation order, where the port
-diverges. Exit code 0: every tensor passes; 1: a tensor fails; 2: bad input.
+diverges. --allow-missing lists the keys the port does not write yet as "not checked" instead of
+failing (for a port that so far computes the forward pass only). Exit code 0: every tensor
+passes; 1: a tensor fails; 2: bad input.
 """
 import hashlib
 import json
@@ -45,7 +47,7 @@ def compare(a, b, rtol, atol):
     return float(err.max()), (float(rel.max()) if rel.size else None), float(s[k]), worst
 
 
-def check(out_dir, ref_dir):
+def check(out_dir, ref_dir, allow_missing=False):
     """Per-tensor rows (case, key, ok, max_abs, max_rel, share, worst_index, message) and skipped cases."""
     manifest = json.loads((ref_dir / "manifest.json").read_text(encoding="utf-8"))
     known = set(manifest["case_order"])
@@ -71,6 +73,9 @@ def check(out_dir, ref_dir):
         for ent in meta["tensors"]:                                                         # check order
             key, b = ent["key"], ref[ent["key"]]
             a = mine.get(key)
+            if a is None and allow_missing:
+                rows.append((case, key, True, None, None, None, None, "missing (not checked)"))
+                continue
             if a is None:
                 msg = f"missing: the reference has {key!r} {b.dtype.name} {b.shape}; write it under this exact key"
             elif a.shape != b.shape:
@@ -102,23 +107,25 @@ def report(rows, skipped, ref_dir, only_failures=False):
         else:
             r = f"{rel:9.2e}" if rel is not None else f"{'-':>9}"
             stats = f"{mx:9.2e} {r} {share:9.2e}  {worst!s:<14}"
-        lines.append(f"{case:<40} {key:<38} {stats} {'ok' if ok else 'FAIL ' + msg}")
+        status = ("ok, " + msg if msg else "ok") if ok else "FAIL " + msg
+        lines.append(f"{case:<40} {key:<38} {stats} {status}")
     if skipped:
         lines.append(f"skipped (no file in the checked folder): {', '.join(skipped)}")
     failed = [r for r in rows if not r[2]]
+    missing = sum(r[2] and bool(r[7]) for r in rows)
     if not rows:
         lines.append("FAIL: no case file of the reference was found")
     elif failed:
         lines.append(f"FAIL: {len(failed)} of {len(rows)} tensors failed; first failing tensor: "
                      f"{failed[0][0]}/{failed[0][1]} (reference: {ref_dir})")
     else:
-        lines.append(f"PASS: {len(rows)} tensors in {len({r[0] for r in rows})} case(s) within tolerance "
-                     f"(reference: {ref_dir})")
+        lines.append(f"PASS: {len(rows) - missing} tensors in {len({r[0] for r in rows})} case(s) within tolerance"
+                     + (f", {missing} missing and not checked" if missing else "") + f" (reference: {ref_dir})")
     return "\n".join(lines), bool(rows) and not failed
 
 
 def main(argv):
-    args = [a for a in argv if a != "--only-failures"]
+    args = [a for a in argv if a not in ("--only-failures", "--allow-missing")]
     ref_dir = Path(__file__).resolve().parent
     if "--reference" in args:
         i = args.index("--reference")
@@ -128,14 +135,15 @@ def main(argv):
         ref_dir = Path(args[i + 1])
         del args[i:i + 2]
     if len(args) != 1:
-        print("usage: python check_bundle.py OUTPUT_DIR [--reference BUNDLE_DIR] [--only-failures]", file=sys.stderr)
+        print("usage: python check_bundle.py OUTPUT_DIR [--reference BUNDLE_DIR] [--allow-missing] [--only-failures]",
+              file=sys.stderr)
         return 2
     out_dir = Path(args[0])
     if not out_dir.is_dir() or not (ref_dir / "manifest.json").is_file():
         print(f"error: {out_dir} must be a folder and {ref_dir} must hold a manifest.json", file=sys.stderr)
         return 2
     try:
-        rows, skipped = check(out_dir, ref_dir)
+        rows, skipped = check(out_dir, ref_dir, "--allow-missing" in argv)
     except (ValueError, KeyError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

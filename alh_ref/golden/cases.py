@@ -150,11 +150,11 @@ def batch_inputs():
 
 
 def train_batches():
-    """train.x, train.y (S,B,T) int64: TRAIN_STEPS consecutive sample_batch draws of the seeded stream."""
+    """train.x, train.y (steps,B,T) int64: TRAIN_STEPS consecutive sample_batch draws of the seeded stream."""
     tokens = _stream(SEEDS["train_data"])
     rng = np.random.default_rng([SEEDS["train_data"], 1])
     xs, ys = zip(*(sample_batch(tokens, BATCH["B"], BATCH["T"], rng) for _ in range(TRAIN_STEPS)))
-    return np.stack(xs), np.stack(ys)                                                           # (S,B,T), (S,B,T)
+    return np.stack(xs), np.stack(ys)                                                           # (steps,B,T), (steps,B,T)
 
 
 def _alh_cfg(spec):
@@ -223,7 +223,7 @@ def _train(params, names, loss_and_grads, xs, ys, opt_cfg):
 
     Returns
     -------
-    losses, grad norms (before clipping), learning rates : 3 x (S,) float64
+    losses, grad norms (before clipping), learning rates : 3 x (steps,) float64
     grads0 : dict name -> ndarray, step 0's gradients before clipping
     """
     opt = AdamW(params, names, opt_cfg, decayed)
@@ -234,7 +234,7 @@ def _train(params, names, loss_and_grads, xs, ys, opt_cfg):
             grads0 = {n: grads[n].copy() for n in names}                                        # before the step clips
         norm, lr = opt.step(params, grads)
         rec.append((loss, norm, lr))
-    return [np.array(col, dtype=np.float64) for col in zip(*rec)] + [grads0]                  # 3 x (S,), dict
+    return [np.array(col, dtype=np.float64) for col in zip(*rec)] + [grads0]                  # 3 x (steps,), dict
 
 
 def _train_outputs(base, hyp, acfg, xs, ys, opt_cfg):
@@ -339,7 +339,7 @@ def compute_case(name):
     if spec["alh"] is not None:
         t.update({"param." + n: a for n, a in hyp_params(_alh_cfg(spec), dtype, spec.get("head_scale", 1.0)).items()})     # names start "alh."
     if spec["kind"].startswith("train"):
-        t["train.x"], t["train.y"] = train_batches()                                            # (S,B,T) x 2
+        t["train.x"], t["train.y"] = train_batches()                                            # (steps,B,T) x 2
     else:
         t["input.x"], t["input.y"] = batch_inputs()                                             # (B,T) x 2
     t.update(case_outputs(name, t))
@@ -353,7 +353,7 @@ def case_outputs(name, given):
     ----------
     name : str, a key of CASES
     given : dict with the case's "param.<name>" tensors and "input.x", "input.y" (B,T) int64
-        (training cases: "train.x", "train.y" (S,B,T) int64); other keys are ignored
+        (training cases: "train.x", "train.y" (steps,B,T) int64); other keys are ignored
 
     Returns
     -------

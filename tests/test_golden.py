@@ -277,6 +277,22 @@ def test_write_bundle_and_golden_command(tmp_path, capsys):
         g.golden_command(check=str(out), impl="numba")
 
 
+def test_golden_command_computes_under_the_implementation_asked_for(monkeypatch, tmp_path):
+    """golden_command enters ops.using(impl) around every computation (a recording stand-in here)."""
+    seen = []
+
+    @contextlib.contextmanager
+    def using(impl):
+        seen.append(("enter", impl))
+        yield
+        seen.append(("exit", impl))
+    monkeypatch.setattr(ops, "using", using, raising=False)
+    monkeypatch.setattr(g.command, "check_bundle", lambda check, reference: seen.append(("check", check)) or
+                        {"ok": True, "entries": [], "skipped": [], "reference": "fresh", "first_failure": None})
+    code, lines = g.golden_command(check=str(tmp_path), impl="ref")
+    assert code == 0 and seen == [("enter", "ref"), ("check", str(tmp_path)), ("exit", "ref")]
+
+
 @pytest.mark.skipif(not hasattr(ops, "using"), reason="ops.using not available yet")
 def test_reference_implementation_recomputes_every_case():
     """alh-ref golden --check tests/golden --impl ref: every case recomputed on the NumPy twins alone."""

@@ -6,7 +6,7 @@ import pytest
 
 from alh_ref.cli import main
 
-QUICK = ("--quick", "--setting", "synthetic")   # until the function-level pycode split is merged
+QUICK = ("--quick",)
 
 
 def _run(capsys, *argv):

@@ -12,9 +12,14 @@ from alh_ref.gradcheck import check_named
 from alh_ref.model import GPTConfig, init_params
 from alh_ref.study.data import doc_windows
 from alh_ref.study.measure import position_bins
-from alh_ref.study.protocol import sweep
+from alh_ref.study.protocol import next_value, sweep
 from alh_ref.study.summary import boot_stat, envelope, interval, read_envelope
 from alh_ref.study.verdict import combine, spearman_perm
+
+
+def test_next_value_continues_the_grid():
+    assert [next_value(v, True) for v in (1e-2, 3e-2, 1e-1, 0.3)] == [3e-2, 0.1, 0.3, 1.0]
+    assert [next_value(v, False) for v in (3e-3, 1e-3, 1e-2)] == [1e-3, 3e-4, 3e-3]
 
 
 def test_doc_windows_start_at_the_document():
@@ -65,12 +70,12 @@ def test_sweep_extends_past_an_edge_and_says_so():
 
     def run(v):
         calls.append(v)
-        return abs(math.log10(v) + 4), v                                        # best at 1e-4, below the grid
-    best, tried, _, extended, edge = sweep(run, [1e-2, 1e-1], max_extend=3)
-    assert best == pytest.approx(1e-4) and edge is False
-    assert extended == pytest.approx([1e-3, 1e-4, 1e-5])
+        return abs(math.log10(v) + 3), v                                        # best at 1e-3, below the grid
+    best, tried, _, extended, edge = sweep(run, [1e-2, 3e-2, 1e-1], max_extend=3)
+    assert best == 1e-3 and edge is False
+    assert extended == [3e-3, 1e-3, 3e-4]                                        # the 1-3-10 grid continued down
     best, _, _, extended, edge = sweep(run, [1e-2, 1e-1], max_extend=1)
-    assert best == pytest.approx(1e-3) and edge is True and len(extended) == 1
+    assert best == 3e-3 and edge is True and extended == [3e-3]
     best, tried, _, extended, _ = sweep(lambda v: (math.inf if v > 0.05 else -v, None), [1e-2, 3e-2, 1e-1], 2)
     assert best == 3e-2 and tried["0.1"] is None and extended == []              # diverged neighbour: interior choice
 
@@ -149,3 +154,25 @@ def test_embed_ft_l2_penalty_gradient():
     assert max(errs.values()) < 1e-5
     with pytest.raises(InputError):
         make_method("embed-ft-l2", base, BCFG, l2=0.0)
+
+
+@pytest.mark.parametrize("family,site", [("householder", "both"), ("householder", "input"), ("householder", "output"),
+                                         ("lowrank", "both")])
+def test_static_matrix_path_equals_the_per_position_path(family, site):
+    from alh_ref.alh.methods import _alh_method
+    rng = np.random.default_rng(11)
+    base = init_params(BCFG, seed=1, dtype=np.float64)
+    _noisy(base, rng, 0.2)
+    acfg = ALHConfig(D=4, n_head=2, K=6, R=2, family=family, site=site, encoder="static")
+    fast = make_method(f"static-{family}", base, BCFG, acfg, seed=5)
+    slow = _alh_method("ref", base, BCFG, acfg, seed=5)
+    for n in fast.params:
+        fast.params[n] += 0.3 * rng.standard_normal(fast.params[n].shape)
+        slow.params[n][...] = fast.params[n]
+    x, y = rng.integers(0, 11, (3, 5)), rng.integers(0, 11, (3, 5))
+    lf, gf = fast.loss_and_grads(x, y)
+    ls, gs = slow.loss_and_grads(x, y)
+    assert lf == pytest.approx(ls, rel=1e-12) and set(gf) == set(gs)
+    for n in gs:
+        np.testing.assert_allclose(gf[n], gs[n], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fast.dictionaries()[0], slow.dictionaries(x, 1)[0], rtol=1e-10, atol=1e-12)

@@ -6,7 +6,8 @@
     lora-embed      wte + A B, A (V,R) zero-initialised, B (R,C) random
     full-ft         every base parameter
     alh-<family>    the hypernetwork (alh_ref.alh.adapted), family householder | lowrank | film
-    static-<family> the same family with one learned, context-free transform
+    static-<family> the same family with one learned, context-free transform (householder and
+                    lowrank applied as one (C,C) matrix: the same function, no per-position work)
     side            the same context encoder, a zero-initialised linear head added to z_t (no transform)
     alh-shuffled    ALH whose transforms come from another sequence's context (a derangement of the
                     batch; from another domain where domain labels are given and possible)
@@ -25,7 +26,8 @@ import numpy as np
 from ..errors import InputError
 from ..model import decayed, gpt_backward, gpt_forward, param_shapes
 from .adapted import ALHConfig, alh_backward, alh_forward, alh_init
-from .transforms import FAMILIES, head_param_shapes, transform_forward
+from .transforms import (FAMILIES, head_backward, head_forward, head_grad_buffers, head_param_shapes, transform_backward,
+                         transform_forward)
 
 BASELINES = ("none", "embed-ft", "embed-ft-l2", "lora-embed", "full-ft", "side", "alh-shuffled")
 METHODS = BASELINES + tuple(f"alh-{f}" for f in FAMILIES) + tuple(f"static-{f}" for f in FAMILIES)
@@ -151,10 +153,79 @@ def _alh_method(name, base, bcfg, acfg, seed, shuffled=False):
     if acfg.head == "side":
         dicts, n_eff = _fixed(lambda: base["wte"]), bcfg.n_embd                           # one added vector per position
     else:
-        n_eff = int(sum(int(np.prod(s)) for k, s in head_param_shapes(acfg.family, 1, bcfg.n_embd, acfg.K, acfg.R).items()
-                        if k != "alh.head.w"))                                            # dim of theta_t (+ shared a)
-        dicts = dictionaries
+        dicts, n_eff = dictionaries, _n_effective(acfg, bcfg.n_embd)
     return Method(name, hyp, loss_and_grads, forward, decayed, base, dicts, n_eff, {"alh": acfg.to_dict()})
+
+
+def _n_effective(acfg, C):
+    """dim theta_t of one position's transform (+ householder's shared a): K C, 2 R C or 2 C."""
+    return int(sum(int(np.prod(s)) for k, s in head_param_shapes(acfg.family, 1, C, acfg.K, acfg.R).items()
+                   if k != "alh.head.w"))
+
+
+def _static_linear_method(name, base, bcfg, acfg, seed):
+    """static-householder / static-lowrank as one (C,C) matrix: the same parameters and function as
+    the ALH path with the static encoder (theta is the same at every slot), without per-position work.
+
+        Y_in = [T e_1; ...; T e_C]   (C,C) rows,   tok' = wte[x] @ Y_in = (T wte[x]^T)^T
+        Y_out = [T^T e_i]            (C,C),        logits = (T^T z) . wte = z @ (wte @ Y_out^T)^T
+    so the base GPT runs with tok = tok' and its tied head matrix replaced by W' = wte @ Y_out^T.
+    Backward: dY_in = tok^T dtok',  dY_out = dW'^T wte, then through the transform on the basis
+    vectors, the head and the static context vector.
+    """
+    hyp = alh_init(bcfg, acfg, seed=seed, dtype=base["wte"].dtype)
+    C, fam = bcfg.n_embd, acfg.family
+    eye = np.eye(C, dtype=base["wte"].dtype)[None]                                          # (1,C,C): C basis vectors
+    frozen = frozenset(n for n in param_shapes(bcfg) if n != "wte")
+
+    def mats():
+        theta, hcache = head_forward(hyp, fam, hyp["alh.enc.c"][None, None], C, acfg.K, acfg.R)   # (1,1,...) one slot
+        th = {k: (v if k == "a" else np.broadcast_to(v, (1, C) + v.shape[2:])) for k, v in theta.items()}
+        Y = {}
+        for site, tr in (("in", False), ("out", True)):
+            if (site == "in" and acfg.site in ("input", "both")) or (site == "out" and acfg.site in ("output", "both")):
+                y, _, cache = transform_forward(fam, th, eye, tr)                            # (1,C,C)
+                Y[site] = (y[0], cache)                                                     # (C,C)
+        return Y, hcache
+
+    def run(x, y=None, ignore=None):
+        Y, hcache = mats()
+        tok = base["wte"][x]                                                                # (B,T,C)
+        tok2 = tok @ Y["in"][0] if "in" in Y else tok                                       # (B,T,C) @ (C,C)
+        p = dict(base, wte=base["wte"] @ Y["out"][0].T) if "out" in Y else base             # (V,C) @ (C,C)
+        logits, loss, cache = gpt_forward(p, bcfg, x, y, ignore, tok=tok2)
+        return logits, loss, (cache, p, Y, hcache, tok)
+
+    def forward(x, y=None, ignore=None, dom=None):
+        return run(x, y, ignore)
+
+    def loss_and_grads(x, y, dom=None):
+        _, loss, (cache, p, Y, hcache, tok) = run(x, y)
+        g, dtok = gpt_backward(cache, p, bcfg, frozen if "out" in Y else frozen | {"wte"})
+        draw, dtheta = head_grad_buffers(hcache, tok.dtype)                                 # (1,1,P) + views
+        dY = {}
+        if "in" in Y:
+            dY["in"] = tok.reshape(-1, C).T @ dtok.reshape(-1, C)                           # (C,N) @ (N,C)
+        if "out" in Y:
+            dY["out"] = g["wte"].T @ base["wte"]                                            # (C,V) @ (V,C)
+        for site, d in dY.items():
+            dth, _ = transform_backward(d[None], None, Y[site][1])                          # on the C basis vectors
+            for k, v in dth.items():
+                if k == "a":
+                    dtheta[k] += v
+                else:
+                    dtheta[k] += v.sum(1, keepdims=True)                                    # (1,C,...) -> (1,1,...)
+        grads, dc = head_backward(draw, dtheta, hcache)                                     # (1,1,P) -> (1,1,D)
+        grads["alh.enc.c"] = dc[0, 0]                                                       # (D,)
+        return float(loss), {n: grads[n] for n in hyp}
+
+    def dictionary():
+        Y, _ = mats()
+        th_in = Y["in"][0] if "in" in Y else Y["out"][0].T                                  # (C,C) the untransposed T
+        return base["wte"] @ th_in                                                          # (V,C) rows T e_v
+
+    return Method(name, hyp, loss_and_grads, forward, decayed, base, _fixed(dictionary), _n_effective(acfg, C),
+                  {"alh": acfg.to_dict()})
 
 
 def _base_method(name, base, bcfg, trainable_names, l2=0.0):
@@ -243,5 +314,8 @@ def make_method(name, base, bcfg, acfg=None, seed=0, lora_rank=4, l2=1e-2):
     if name.startswith("alh-") and name[4:] in FAMILIES:
         return _alh_method(name, base, bcfg, replace(acfg, family=name[4:], head="transform"), seed)
     if name.startswith("static-") and name[7:] in FAMILIES:
-        return _alh_method(name, base, bcfg, replace(acfg, family=name[7:], encoder="static", head="transform"), seed)
+        acfg = replace(acfg, family=name[7:], encoder="static", head="transform")
+        if acfg.family == "film":                                                           # has an offset: per position
+            return _alh_method(name, base, bcfg, acfg, seed)
+        return _static_linear_method(name, base, bcfg, acfg, seed)
     raise InputError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")

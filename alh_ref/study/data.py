@@ -11,20 +11,9 @@ Evaluation windows are aligned to document starts (:func:`doc_windows`): window 
 """
 import numpy as np
 
-from ..corpora import encode_documents, load_corpus, split_documents
+from ..corpora import encode_documents, load_corpus, require_split_sizes, split_documents
 from ..corpora.synthetic import bayes_entropies, synthetic_chains
 from ..errors import InputError
-
-try:
-    from ..corpora import require_split_sizes
-except ImportError:                                       # older corpora package: the same rule, local
-    def require_split_sizes(splits, min_docs=10, what="corpus"):
-        for s, c in splits.items():
-            if len(c.documents) < min_docs:
-                raise InputError(f"{what}: the {s} split of corpus {c.meta.get('parent', c.name)!r} holds "
-                                 f"{len(c.documents)} document(s); expected at least {min_docs} (use a larger corpus "
-                                 "or other fractions)")
-        return splits
 
 DOMAINS = ("A", "B", "C")
 

@@ -141,8 +141,12 @@ def adapt(m, data, cfg, protocol, lr, seed, track=True):
     return losses, points, sec
 
 
-def _grid_step(grid):
-    return grid[1] / grid[0] if len(grid) > 1 else 10 ** 0.5
+def next_value(v, up):
+    """The next value of a 1-3-10 log grid past v: v * 10^(+-1/2) rounded (in log) to 1 or 3 times a power of 10."""
+    w = v * 10 ** (0.5 if up else -0.5)
+    e = math.floor(math.log10(w))
+    m = min((1.0, 3.0, 10.0), key=lambda c: abs(math.log10(w / 10 ** e / c)))
+    return float(f"{m * 10 ** e:.3g}")
 
 
 def sweep(run, grid, max_extend):
@@ -169,8 +173,7 @@ def sweep(run, grid, max_extend):
         edge = len(ordered) > 1 and math.isfinite(res[best][0]) and i in (0, len(ordered) - 1)
         if not edge or len(extended) >= max_extend:
             break
-        step = _grid_step(list(grid))
-        v = ordered[0] / step if i == 0 else ordered[-1] * step
+        v = next_value(ordered[0], False) if i == 0 else next_value(ordered[-1], True)
         extended.append(v)
         res[v] = run(v)
     tried = {f"{v:g}": (o if math.isfinite(o) else None) for v, (o, _) in sorted(res.items())}

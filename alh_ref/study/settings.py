@@ -44,11 +44,11 @@ _DEFAULT = {
     "alh": {"D": 32, "n_layer": 1, "n_head": 2, "K": 4, "R": 4},
     "lora_rank": 4,
     # optimisation: AdamW (betas 0.9/0.95, wd 0.1 on 2-D weights, clip 1.0), warmup then cosine
-    "batch_size": 8, "pretrain_steps": 500, "pretrain_lr": 3e-3, "adapt_steps": 150, "warmup_frac": 0.1,
+    "batch_size": 8, "pretrain_steps": 500, "pretrain_lr": 3e-3, "adapt_steps": 120, "warmup_frac": 0.1,
     # fair tuning: one log grid for every trained method, extended past an edge at most max_extend times
     "lrs": (3e-3, 1e-2, 3e-2, 1e-1), "l2s": (1e-3, 1e-2, 1e-1), "max_extend": 2,
     # measurement
-    "max_test_docs": 96, "max_val_docs": 32, "track_points": 6, "n_positions": 8, "n_boot": 1000,
+    "max_test_docs": 64, "max_val_docs": 24, "track_points": 5, "n_positions": 8, "n_boot": 1000,
     "boot_seed": 2024, "n_seeds": 3, "protocols": PROTOCOLS, "methods": STUDY_METHODS,
 }
 

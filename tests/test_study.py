@@ -110,3 +110,14 @@ def test_default_size_is_the_text_setting_with_every_method():
     assert cfg["setting"] == "text" and cfg["n_seeds"] == 3 and set(cfg["protocols"]) == {"shift", "mix"}
     assert (cfg["corpus_a"], cfg["corpus_b"], cfg["corpus_c"]) == ("pydoc", "pycode", "docstrings")
     assert not math.isnan(cfg["pretrain_lr"]) and np.all(np.diff(cfg["lrs"]) > 0)
+
+
+def test_alh_sizes_are_tuned_on_the_same_footing_and_missing_controls_leave_claims_undecided(tmp_path):
+    res = run_study("micro", setting="synthetic", out_dir=None, progress=False, n_seeds=1, protocols=("shift",),
+                    methods=("none", "embed-ft", "alh-householder"), alh_sweep=({"K": 2}, {"K": 4}))
+    e = res["protocols"]["shift"]["methods"]["alh-householder"]
+    assert [v["alh"] for v in e["variants"]] == [{"K": 2}, {"K": 4}]
+    best = min(e["variants"], key=lambda v: v["val"])
+    assert e["alh_overrides"] == best["alh"] and e["detail"]["K"] == best["alh"]["K"]
+    assert res["verdict"]["claims"][4]["verdict"] == "not decided"
+    assert res["verdict"]["lines"][3].startswith("Claim 4: not decided")

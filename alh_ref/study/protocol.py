@@ -69,11 +69,11 @@ def resolve_matched(cfg, gcfg):
     return {"K": K, "D": D, "embed_ft": target}
 
 
-def build(name, base, gcfg, cfg, matched, seed, l2=None):
-    """A study method by name (settings.METHOD_SPECS) on the frozen base."""
+def build(name, base, gcfg, cfg, matched, seed, l2=None, alh=None):
+    """A study method by name (settings.METHOD_SPECS) on the frozen base; ``alh``: more ALHConfig overrides."""
     kind, over = METHOD_SPECS[name]
     over = {k: (matched[k] if v == "match" else v) for k, v in over.items()}
-    acfg = replace(ALHConfig(**cfg["alh"]), **over)
+    acfg = replace(ALHConfig(**cfg["alh"]), **over, **(alh or {}))
     return make_method(kind, base, gcfg, acfg, seed=seed, lora_rank=cfg["lora_rank"],
                        l2=cfg["l2s"][0] if l2 is None else l2)
 

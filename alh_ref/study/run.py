@@ -54,25 +54,32 @@ def _run_method(name, p, si, s, ctx):
     if si == 0:
         tune_l2 = name == "embed-ft-l2"
         lr0 = P["methods"]["embed-ft"]["lr"] if tune_l2 else None
+        variants = cfg["alh_sweep"] if name == "alh-householder" and cfg["alh_sweep"] else [{}]
+        tuned = []
+        for var in variants:                                                                # ALH's own K / D (--full)
 
-        def run(v):
-            m = build(name, base, gcfg, cfg, matched, s, l2=v if tune_l2 else None)
-            try:
-                losses, track, sec = adapt(m, data, cfg, p, lr0 if tune_l2 else v, s)
-            except RunError:
-                return math.inf, None
-            return objective(track[-1], p), (m, losses, track, sec)
+            def run(v, var=var):
+                m = build(name, base, gcfg, cfg, matched, s, l2=v if tune_l2 else None, alh=var)
+                try:
+                    losses, track, sec = adapt(m, data, cfg, p, lr0 if tune_l2 else v, s)
+                except RunError:
+                    return math.inf, None
+                return objective(track[-1], p), (m, losses, track, sec)
 
-        best, tried, payloads, extended, edge = sweep(run, cfg["l2s"] if tune_l2 else cfg["lrs"], cfg["max_extend"])
+            tuned.append((var, sweep(run, cfg["l2s"] if tune_l2 else cfg["lrs"], cfg["max_extend"])))
+        score = [math.inf if sw[2][sw[0]] is None else objective(sw[2][sw[0]][2][-1], p) for _, sw in tuned]
+        var, (best, tried, payloads, extended, edge) = tuned[int(np.argmin(score))]
         if payloads[best] is None:
             raise RunError(f"{name} diverged at every value {sorted(payloads)} under {p}; expected a stable run")
         m, losses, track, sec = payloads[best]
         entry = P["methods"][name] = _method_entry(name, m, cfg, matched)
         entry.update(lr=lr0 if tune_l2 else best, l2=best if tune_l2 else None, tuned="l2" if tune_l2 else "lr",
-                     sweep=tried, extended=[float(v) for v in extended], on_edge=bool(edge))
-        P["frontier"][name] = [dict(q, value=float(v)) for v, pl in payloads.items() if pl for q in pl[2]]
+                     sweep=tried, extended=[float(v) for v in extended], on_edge=bool(edge), alh_overrides=var,
+                     variants=[{"alh": v, "val": sc if math.isfinite(sc) else None} for (v, _), sc in zip(tuned, score)])
+        entry["detail"].update(var)
+        P["frontier"][name] = [dict(q, value=float(v)) for _, sw in tuned for v, pl in sw[2].items() if pl for q in pl[2]]
     else:
-        m = build(name, base, gcfg, cfg, matched, s, l2=entry["l2"])
+        m = build(name, base, gcfg, cfg, matched, s, l2=entry["l2"], alh=entry.get("alh_overrides"))
         try:
             losses, track, sec = adapt(m, data, cfg, p, entry["lr"], s, track=False)
         except RunError as e:

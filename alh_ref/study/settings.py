@@ -47,6 +47,8 @@ _DEFAULT = {
     "batch_size": 8, "pretrain_steps": 500, "pretrain_lr": 3e-3, "adapt_steps": 120, "warmup_frac": 0.1,
     # fair tuning: one log grid for every trained method, extended past an edge at most max_extend times
     "lrs": (3e-3, 1e-2, 3e-2, 1e-1), "l2s": (1e-3, 1e-2, 1e-1), "max_extend": 2,
+    # ALH's own sizes tuned on the same footing (each with the lr grid; the best on val is kept): --full only
+    "alh_sweep": (),
     # measurement
     "max_test_docs": 64, "max_val_docs": 24, "track_points": 5, "n_positions": 8, "n_boot": 1000,
     "boot_seed": 2024, "n_seeds": 3, "protocols": PROTOCOLS, "methods": STUDY_METHODS,
@@ -66,6 +68,7 @@ SIZES = {
                  alh={"D": 64, "n_layer": 1, "n_head": 2, "K": 8, "R": 8}, lora_rank=8, batch_size=16,
                  pretrain_steps=3000, adapt_steps=1500, lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), l2s=(1e-3, 1e-2, 1e-1, 1.0),
                  max_test_docs=160, max_val_docs=64, track_points=10, n_positions=16, n_boot=2000,
+                 alh_sweep=({"K": 4, "D": 32}, {"K": 8, "D": 64}, {"K": 16, "D": 64}, {"K": 8, "D": 128}),
                  synthetic=dict(_DEFAULT["synthetic"], n_docs=1500, doc_len=128)),
 }
 # test-only size: the smallest run that exercises every code path (used by tests/test_study*.py)
@@ -123,6 +126,11 @@ def resolve(size="default", setting=None, **overrides):
     for k in ("lrs", "l2s"):
         if not cfg[k] or min(cfg[k]) <= 0 or list(cfg[k]) != sorted(cfg[k]):
             raise InputError(f"study option {k}={cfg[k]!r}; expected one or more increasing positive values")
-    cfg["methods"], cfg["protocols"] = list(cfg["methods"]), list(cfg["protocols"])
+    for v in cfg["alh_sweep"]:
+        if not isinstance(v, dict) or not set(v) <= {"K", "D", "R", "n_layer", "n_head"}:
+            raise InputError(f"study option alh_sweep entry {v!r}; expected a dict of ALHConfig sizes "
+                             "(K, D, R, n_layer, n_head)")
+    for k in ("methods", "protocols", "alh_sweep"):
+        cfg[k] = list(cfg[k])
     cfg["lrs"], cfg["l2s"], cfg["fractions"] = list(cfg["lrs"]), list(cfg["l2s"]), list(cfg["fractions"])
     return cfg

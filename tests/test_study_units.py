@@ -176,3 +176,11 @@ def test_static_matrix_path_equals_the_per_position_path(family, site):
     for n in gs:
         np.testing.assert_allclose(gf[n], gs[n], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(fast.dictionaries()[0], slow.dictionaries(x, 1)[0], rtol=1e-10, atol=1e-12)
+
+
+def test_plots_are_skipped_with_one_line_without_matplotlib(monkeypatch, tmp_path, capsys):
+    from alh_ref.study.plots import write_plots
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)          # import matplotlib -> ImportError
+    assert write_plots({}, tmp_path) == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "matplotlib" in err[0] and not list(tmp_path.iterdir())

@@ -33,6 +33,13 @@ def _style(name):
     return "--" if name.startswith(("static", "side", "none")) or name.endswith(("prev", "shuffled")) else "-"
 
 
+def _label(ax, xlabel, ylabel, title, fontsize=7, ncol=1):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=fontsize, ncol=ncol)
+
+
 def _panels(plt, results, w=6.0, h=4.6):
     protos = results["config"]["protocols"]
     fig, axes = plt.subplots(1, len(protos), figsize=(w * len(protos), h), squeeze=False)
@@ -51,10 +58,8 @@ def _curves(plt, results, colors):
             m = np.mean(curves, axis=0)                                                       # (S,)
             m = np.convolve(m, np.ones(k) / k, mode="valid") if m.size >= k > 1 else m        # (S-k+1,)
             ax.plot(np.arange(m.size) + k, m, color=colors(i % 20), ls=_style(name), lw=1.2, label=name)
-        ax.set_xlabel("adaptation step")
-        ax.set_ylabel(f"training loss (nats; mean of seeds, moving average {k})")
-        ax.set_title(f"{p}: training loss on {'B' if p == 'shift' else 'half A + half B'} batches")
-        ax.legend(fontsize=6, ncol=2)
+        _label(ax, "adaptation step", f"training loss (nats; mean of seeds, moving average {k})",
+               f"{p}: training loss on {'B' if p == 'shift' else 'half A + half B'} batches", 6, 2)
     return fig
 
 
@@ -73,9 +78,8 @@ def _deltas(plt, results):
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=70, ha="right", fontsize=7)
         ax.set_yscale("symlog", linthresh=0.05)
-        ax.set_ylabel("test loss minus frozen base (nats; symlog; 95% interval)")
-        ax.set_title(f"{p}: change in A, B, C loss (below 0 = better than the base)")
-        ax.legend(fontsize=7)
+        _label(ax, "", "Δ test loss vs frozen base (nats, symlog)",
+               f"{p}: change in A, B, C test loss, 95% intervals (below 0 = better than the base)")
     return fig
 
 
@@ -89,10 +93,8 @@ def _geometry(plt, results, colors):
                         fmt="o", color=colors(i % 20), capsize=2, label=name)
         ax.set_xscale("log")
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_xlabel("centred Gram drift of the effective dictionary on C contexts (log; 1e-9 = none)")
-        ax.set_ylabel("C test loss minus frozen base (nats)")
-        ax.set_title(f"{p}: dictionary geometry vs damage on unseen domain C")
-        ax.legend(fontsize=6, ncol=2)
+        _label(ax, "centred Gram drift of the effective dictionary on C contexts (log; 1e-9 = none)",
+               "C test loss minus frozen base (nats)", f"{p}: dictionary geometry vs damage on unseen domain C", 6, 2)
     return fig
 
 
@@ -104,10 +106,8 @@ def _position(plt, results, colors):
             bp = np.array(S[name]["test"]["B"]["by_position"])                                 # (T,)
             ax.plot(np.arange(bp.size), bp, ls=_style(name), color=colors(i % 20), lw=1.3, label=name)
         ax.set_xscale("symlog", linthresh=1)
-        ax.set_xlabel("position t (tokens of document context)")
-        ax.set_ylabel("B test loss at position t (nats, mean of seeds)")
-        ax.set_title(f"{p}: loss by position on B")
-        ax.legend(fontsize=7)
+        _label(ax, "position t (tokens of document context)", "B test loss at position t (nats, mean of seeds)",
+               f"{p}: loss by position on B")
     return fig
 
 
@@ -123,11 +123,8 @@ def _frontier(plt, results, colors):
             b, a = zip(*env)
             ax.step(b, a, where="post", color=colors(i % 20), ls=_style(name), lw=1.2, label=name)
             ax.plot([q["B"] for q in pts], [q["A"] for q in pts], ".", color=colors(i % 20), ms=2, alpha=0.4)
-        ax.set_xlabel("B val loss (new domain, nats)")
-        ax.set_ylabel("A val loss (original domain, nats)")
-        ax.set_title(f"{p}: lower envelope over lr x checkpoints (base at the lower right; lower-left is better)")
-        ax.title.set_fontsize(9)
-        ax.legend(fontsize=6, ncol=2)
+        _label(ax, "B val loss (new domain, nats)", "A val loss (original domain, nats)",
+               f"{p}: lower envelope over lr x checkpoints (base at the lower right; lower-left is better)", 6, 2)
     return fig
 
 

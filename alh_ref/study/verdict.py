@@ -96,7 +96,7 @@ def claim3(results):
         y = [S[n]["test"]["C"]["delta"]["mean"] for n in names]
         rho, pv = spearman_perm(np.array(x), np.array(y))
         flags.append(rho > 0 and pv < 0.05)
-        parts.append(f"{p}: Spearman(centred Gram drift, C change) over {len(names)} methods = {rho:+.2f} (p = {pv:.3f})")
+        parts.append(f"{p}: Spearman(centred Gram drift, C change) over {len(names)} methods = {rho:+.2f} (p = {pv:.4f})")
     if not a:
         return "did not hold", "; ".join(parts)
     return combine(flags), "; ".join(parts)

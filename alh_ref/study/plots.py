@@ -104,7 +104,8 @@ def _position(plt, results, colors):
         S = results["summary"][p]
         for i, name in enumerate(n for n in POSITION_METHODS if n in S):
             bp = np.array(S[name]["test"]["B"]["by_position"])                                 # (T,)
-            ax.plot(np.arange(bp.size), bp, ls=_style(name), color=colors(i % 20), lw=1.3, label=name)
+            ax.plot(np.arange(bp.size), bp, ls=_style(name), color=plt.get_cmap("tab10")(i % 10),
+                    lw=2.2 if name == "alh-householder" else 1.2, label=name)
         ax.set_xscale("symlog", linthresh=1)
         _label(ax, "position t (tokens of document context)", "B test loss at position t (nats, mean of seeds)",
                f"{p}: loss by position on B")
@@ -123,6 +124,10 @@ def _frontier(plt, results, colors):
             b, a = zip(*env)
             ax.step(b, a, where="post", color=colors(i % 20), ls=_style(name), lw=1.2, label=name)
             ax.plot([q["B"] for q in pts], [q["A"] for q in pts], ".", color=colors(i % 20), ms=2, alpha=0.4)
+        b0, a0 = results["base"][0]["val"]["B"], results["base"][0]["val"]["A"]
+        envs = [e for n in results["config"]["methods"] for e in envelope(fr[n], "A")]
+        ax.set_xlim(min(b for b, _ in envs) - 0.1, b0 + 0.15)                                   # outliers of diverging lrs off-axis
+        ax.set_ylim(min(a for _, a in envs) - 0.1, max(a0 + 1.0, max(a for _, a in envs) + 0.1))
         _label(ax, "B val loss (new domain, nats)", "A val loss (original domain, nats)",
                f"{p}: lower envelope over lr x checkpoints (base at the lower right; lower-left is better)", 6, 2)
     return fig

@@ -63,7 +63,8 @@ def _methods_table(results):
                 cells.append("—")
                 continue
             val = e["l2"] if e["tuned"] == "l2" else e["lr"]
-            sw = ", ".join(f"{k}: {'diverged' if v is None else f'{v:.3f}'}" for k, v in e["sweep"].items())
+            sw = ", ".join(f"{k}: {'diverged' if v is None else f'{v:.3f}'}"
+                           for k, v in sorted(e["sweep"].items(), key=lambda kv: float(kv[0])))
             flag = (" extended " + ", ".join(f"{v:g}" for v in e["extended"]) if e["extended"] else "") + \
                    (" **on edge**" if e["on_edge"] else "")
             cells.append(f"{e['tuned']} {val:g} ({sw}){flag}")

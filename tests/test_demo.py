@@ -50,3 +50,17 @@ def test_demo_reports_a_missing_corpus_in_one_line(capsys, tmp_path):
     code, _, err = _run(capsys, "demo", "--quick", "--corpus-a", tmp_path / "nope", "--corpus-b", "pycode",
                         "--corpus-c", "docstrings", "--out", tmp_path, "--progress", "off")
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_demo_options_map_to_the_study_configuration():
+    from argparse import Namespace
+
+    from alh_ref.demo import demo_config
+
+    def ns(**kw):
+        return Namespace(**{"quick": False, "full": False, "setting": None, "corpus_a": None, "corpus_b": None,
+                            "corpus_c": None, **kw})
+    assert demo_config(ns()) == ("default", None, {})
+    assert demo_config(ns(full=True, setting="synthetic")) == ("full", "synthetic", {})
+    assert demo_config(ns(quick=True, corpus_a="a", corpus_b="b", corpus_c="c")) == \
+        ("quick", "paths", {"corpus_a": "a", "corpus_b": "b", "corpus_c": "c"})

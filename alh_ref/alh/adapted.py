@@ -153,8 +153,9 @@ def alh_forward(base, hyp, bcfg, acfg, ids, targets=None, ignore=None, ctx_ids=N
 
     off = None
     if acfg.head == "side":
-        cs = c if acfg.out_context == "current" else c_ext[:, :T]                               # (B,T,D) c_t or c_{t-1}
-        side, cache["side"] = linear_forward(cs, hyp["alh.side.w"], hyp["alh.side.b"])          # (B,T,D) -> (B,T,C)
+        if acfg.out_context == "prev":
+            c = c_ext[:, :T]                                                                    # (B,T,D) c_{t-1}: never x_t
+        side, cache["side"] = linear_forward(c, hyp["alh.side.w"], hyp["alh.side.b"])           # (B,T,D) -> (B,T,C)
         z = z + side                                                                            # (B,T,C)
     elif acfg.site in ("output", "both"):
         s0 = 1 if acfg.out_context == "current" else 0

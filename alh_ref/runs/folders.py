@@ -228,7 +228,8 @@ def prune(rd, keep) -> list:
             notes.append(f"kept {p.name}: pinned by run {', '.join(map(repr, pins[p.name]))} "
                          "(an adapted run uses it as its base; delete that run to release it)")
         else:
-            shutil.rmtree(p, ignore_errors=True)
+            (p / MANIFEST_FILE).unlink(missing_ok=True)      # un-commit first: a crash mid-delete leaves no
+            shutil.rmtree(p, ignore_errors=True)             # folder that looks complete
     return notes
 
 

@@ -13,15 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import safetensors.numpy as stnp
 
 import alh_ref.runs.benchmark
 import alh_ref.train
 from alh_ref import runs
-from alh_ref.checkpoint import load_checkpoint, save_checkpoint, RESERVED_KEYS
-from alh_ref.cli import COMMANDS, main
+from alh_ref.cli import COMMANDS
 from alh_ref.corpora import load_corpus, split_documents
-from alh_ref.errors import InputError
 from run_helpers import (ALH, DIMS, base, final_state, in_tmp, last_json, one_line_error, resave, run,  # noqa: F401
                          texts, truncate)
 

@@ -17,7 +17,6 @@ import alh_ref.runs.inference as inference
 import alh_ref.runs.jobs as jobs
 import alh_ref.train
 from alh_ref import runs
-from alh_ref.checkpoint import load_checkpoint
 from alh_ref.errors import InputError
 from alh_ref.model import GPTConfig, gpt_forward, init_params
 from alh_ref.runs import memory, options

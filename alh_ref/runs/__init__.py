@@ -18,9 +18,24 @@ The run folder and checkpoint manifest are described in docs/usage.md and docs/c
 from ..sampling import generate, next_token
 from .benchmark import bench
 from .data import corpus_key, find_tokenizer, load_split, stream_tokens, train_tokenizer
+from .folders import (
+                      CKPT_DIR,
+                      CKPT_PREFIX,
+                      HISTORY_FILE,
+                      LOCK_FILE,
+                      PINS_DIR,
+                      SUMMARY_FILE,
+                      TOKENIZER_DIR,
+                      RunLock,
+                      checkpoint_path,
+                      list_checkpoints,
+                      read_history,
+                      read_pins,
+                      resolve_checkpoint,
+                      run_dir,
+                      run_path,
+)
 from .inference import evaluate, sample, stream_loss
-from .folders import (CKPT_DIR, CKPT_PREFIX, HISTORY_FILE, LOCK_FILE, PINS_DIR, SUMMARY_FILE, TOKENIZER_DIR, RunLock,
-                      checkpoint_path, list_checkpoints, read_history, read_pins, resolve_checkpoint, run_dir, run_path)
 from .jobs import adapt, model_config, pretrain
 from .loading import RUN_FORMAT_VERSION, load_base, load_model, load_run_checkpoint, save_state
 from .options import SPLIT_CHOICES

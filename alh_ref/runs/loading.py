@@ -13,7 +13,14 @@ import numpy as np
 
 from ..alh.adapted import ALHConfig
 from ..alh.methods import make_method
-from ..checkpoint import MANIFEST_FILE, _check_shapes, load_checkpoint, rng_from_json, rng_state_to_json, save_checkpoint
+from ..checkpoint import (
+    MANIFEST_FILE,
+    _check_shapes,
+    load_checkpoint,
+    rng_from_json,
+    rng_state_to_json,
+    save_checkpoint,
+)
 from ..errors import InputError, RunError
 from ..model import GPTConfig, param_shapes
 from .data import find_tokenizer

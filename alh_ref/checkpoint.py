@@ -168,8 +168,8 @@ def save_checkpoint(folder, tensors: dict, manifest: dict) -> None:
     ------
     InputError
         Bad tensors or manifest, or a folder that cannot be created / written.
-    RunError
-        The operating system failed while writing (disk full, I/O error).
+    DiskError
+        The operating system failed while writing (disk full, I/O error); a RunError.
     """
     if not isinstance(manifest, dict):
         raise InputError(f"manifest must be a dict; got {type(manifest).__name__}")

@@ -1,4 +1,6 @@
-"""Tests for the alh-ref command line (alh_ref.cli) and the run library behind it (alh_ref.runs).
+"""Tests for the alh-ref command line (alh_ref.cli): entry point, help, usage errors, the happy path,
+bad input and damaged checkpoints (one line, exit 2), --json on failure. The run library behind it
+is tested in tests/test_runs.py.
 
 Everything runs in-process through ``main([...])`` on tiny models and small text files in tmp
 folders; one subprocess checks the ``python -m alh_ref`` entry point.

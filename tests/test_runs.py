@@ -155,6 +155,9 @@ def test_pinned_base_checkpoint_survives_pruning(capsys, tmp_path, texts):
     for cmd in (["eval", "--run", "ad", "--corpus", texts["b"]], ["sample", "--run", "ad", "--max-new-tokens", "2"],
                 ["adapt", "--resume", "--steps", "3", "--name", "ad"]):
         assert run(capsys, *cmd, "--out", tmp_path)[0] == 0, cmd
+    shutil.rmtree(tmp_path / "b" / runs.PINS_DIR)                                     # a run made before pins:
+    assert run(capsys, "pretrain", "--resume", "--steps", "11", "--out", tmp_path, "--name", "b")[0] == 0
+    assert [s for s, _ in runs.list_checkpoints(tmp_path / "b")] == [2, 11]          # found by its manifest
     shutil.rmtree(tmp_path / "ad")                                                    # the pin's run is gone
     assert runs.read_pins(tmp_path / "b") == {}
     assert run(capsys, "pretrain", "--resume", "--steps", "12", "--out", tmp_path, "--name", "b")[0] == 0

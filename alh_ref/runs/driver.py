@@ -94,7 +94,7 @@ def fit(rd, job, setup, progress, notes) -> dict:
         raise
     except RunError as e:
         _keep_history(rd, st.history, last[0])
-        msg = _failure_message(e, job, rd, last[0], st.opt.cfg.lr)
+        msg = _failure_message(e, job, rd, last[0], st.opt.cfg.lr, sched.ckpt_every)
         summary("failed", msg)
         raise type(e)(msg) from None
     return summary("done")
@@ -108,7 +108,7 @@ def _keep_history(rd, history, last):
         pass
 
 
-def _failure_message(e, job, rd, last, lr):
+def _failure_message(e, job, rd, last, lr, ckpt_every):
     """What failed, the checkpoint that is good, and a command that works from it."""
     if isinstance(e, DiskError):
         again = f"alh-ref {job} --resume --out {str(Path(rd).parent)!r} --name {Path(rd).name!r}"
@@ -116,8 +116,8 @@ def _failure_message(e, job, rd, last, lr):
         return f"{e}; {where}; free disk space (or make the folder writable), then continue with: {again}"
     lower = f"{lr / 10:.3g}" if math.isfinite(lr) else "1e-3"
     if last is None:
-        return (f"{e}; no checkpoint was saved yet; start again with a lower learning rate, e.g. --lr {lower} "
-                "(a smaller --ckpt-every saves earlier)")
+        return (f"{e}; no checkpoint was saved yet; start again with a lower learning rate, e.g. --lr {lower}"
+                + (" (a smaller --ckpt-every saves earlier)" if ckpt_every > 1 else ""))
     return (f"{e}; the last good checkpoint is {str(last)!r} (its parameters gave a finite loss that had not blown "
             f"up): evaluate it with `alh-ref eval --run {str(last)!r}`, or train again from scratch with a lower "
             f"learning rate, e.g. --lr {lower} and a new --name")

@@ -10,8 +10,9 @@ A run folder ``<out>/<name>/`` holds::
     summary.json                    what the last job did
     eval/<split>-<fingerprint>.json results of evaluations
 
-Pruning keeps the newest ``keep`` checkpoints, every checkpoint a pin names while the pinning run
-exists, and says which it kept and why.
+Pruning keeps the newest ``keep`` checkpoints and every checkpoint another run uses (a pin names
+it while the pinning run exists, or a run beside this one has it as its base), and says which it
+kept and why.
 """
 import errno
 import hashlib
@@ -212,8 +213,32 @@ def read_pins(rd) -> dict:
     return out
 
 
+def references(rd) -> dict:
+    """Checkpoints of run ``rd`` that other runs use: {checkpoint folder name: [run, ...]}.
+
+    The pins (:func:`read_pins`), and, for adapted runs written before pins existed, every run
+    folder beside ``rd`` whose newest checkpoint names a base checkpoint inside ``rd``.
+    """
+    refs, rd = read_pins(rd), Path(rd).resolve()
+    for other in sorted(rd.parent.iterdir()):
+        ckpts = list_checkpoints(other) if other != rd and other.is_dir() else []
+        if not ckpts:
+            continue
+        try:
+            base = json.loads((ckpts[-1][1] / MANIFEST_FILE).read_text(encoding="utf-8"))["base"]
+            cands = [(other / base["relpath"]).resolve(), Path(base["path"]).resolve()]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for c in cands:
+            if c.parent.parent == rd and str(other) not in refs.get(c.name, []):
+                refs.setdefault(c.name, []).append(str(other))
+                break
+    return refs
+
+
 def prune(rd, keep) -> list:
-    """Delete all but the newest ``keep`` complete checkpoints (keep 0: keep all), sparing pinned ones.
+    """Delete all but the newest ``keep`` complete checkpoints (keep 0: keep all), sparing those other
+    runs use (:func:`references`).
 
     Returns
     -------
@@ -222,7 +247,7 @@ def prune(rd, keep) -> list:
     """
     if not keep:
         return []
-    pins, notes = read_pins(rd), []
+    pins, notes = references(rd), []
     for _, p in list_checkpoints(rd)[:-keep]:
         if p.name in pins:
             notes.append(f"kept {p.name}: pinned by run {', '.join(map(repr, pins[p.name]))} "

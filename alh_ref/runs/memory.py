@@ -72,5 +72,5 @@ def available_memory():
 
 
 def gib(n) -> str:
-    """Bytes as e.g. '1.25 GB' (GiB)."""
-    return f"{n / 2**30:.2f} GB"
+    """Bytes as e.g. '1.25 GB' (GiB), or '3.4 MB' (MiB) below 1 GiB."""
+    return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"

@@ -9,7 +9,8 @@ A job's keyword arguments are split three ways, and each kind is resolved differ
                                own --ckpt-every and --keep), with the given ones replacing them.
 
 Keyword arguments left out (or passed as None) are "not given". The defaults are the dataclass
-field defaults; the CLI reads its help texts and choices from these tables (tests/test_runs.py pins them).
+field defaults; the CLI states them in its help texts and choices, and tests/test_runs.py pins
+those to these tables.
 """
 from dataclasses import asdict, dataclass, fields, replace
 

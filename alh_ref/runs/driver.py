@@ -35,6 +35,7 @@ class Setup:
     history: list
     info: dict
     memory: dict
+    new_tokenizer: object = None   # a Tokenizer to save into the run folder once the checks pass (new runs)
 
 
 def _write_summary(rd, s):

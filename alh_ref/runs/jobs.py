@@ -127,6 +127,8 @@ def _job(job, rd, out, resume, progress, warn, given):
         saved = _saved(rd, job, given, resume)
         setup = (_pretrain_setup if job == "pretrain" else _adapt_setup)(rd, out, given, saved, note)
         _check_memory(setup)
+        if setup.new_tokenizer is not None:
+            setup.new_tokenizer.save(rd / TOKENIZER_DIR)
         return fit(rd, job, setup, progress, notes)
 
 
@@ -235,7 +237,6 @@ def _pretrain_setup(rd, out, given, saved, note) -> Setup:
         manifest = _manifest("base", cfg, tok, data, corpus_meta(tok, tokens, cfg.block_size), spec)
         params = init_params(cfg, seed=spec.seed)                                              # name -> param_shapes(cfg)
         rng, history = np.random.default_rng([spec.seed, 1]), []
-        tok.save(rd / TOKENIZER_DIR)
     else:
         arrays, meta, cfg, tok = saved
         spec = resumed_spec(PretrainSpec, given, meta["options"])
@@ -250,7 +251,8 @@ def _pretrain_setup(rd, out, given, saved, note) -> Setup:
     info = {"n_params": n, "gpt_config": cfg.to_dict(), **_resumed(saved)}
     return Setup(params, opt, lambda x, y: gpt_loss_and_grads(params, cfg, x, y), tokens, spec.batch_size,
                  cfg.block_size, rng, schedule, manifest, history, info,
-                 estimate_step_memory(cfg, spec.batch_size, n, n, params["wte"].itemsize))
+                 estimate_step_memory(cfg, spec.batch_size, n, n, params["wte"].itemsize),
+                 tok if saved is None else None)
 
 
 def _check_method_options(method, given):
@@ -289,6 +291,7 @@ def _adapt_setup(rd, out, given, saved, note) -> Setup:
         if given.get("tokenizer") is None and base_rd is None:
             raise InputError(f"cannot find the tokenizer of {str(base_ckpt)!r} (not inside a run folder); pass --tokenizer")
         tok = find_tokenizer(given.get("tokenizer") or base_rd)
+        _pin(base_ckpt, rd, note)                  # before reading it: a prune of the base run now spares it
         arrays, bmeta, cfg = load_run_checkpoint(base_ckpt, tok.sha256, ("base",))
         base = base_params(arrays, cfg)
         data, corpus_meta = _new_data(given, spec.split, note)
@@ -300,8 +303,6 @@ def _adapt_setup(rd, out, given, saved, note) -> Setup:
         manifest = _manifest("adapt", cfg, tok, data, corpus_meta(tok, tokens, cfg.block_size), spec)
         manifest.update(method=spec.method, alh_config=alh.to_dict(), base=base_ref(base_ckpt, bmeta, rd))
         rng, history = np.random.default_rng([spec.seed, 2]), []
-        tok.save(rd / TOKENIZER_DIR)
-        _pin(base_ckpt, rd, note)
     else:
         arrays, meta, cfg, tok = saved
         spec = resumed_spec(AdaptSpec, given, meta["options"])
@@ -325,7 +326,7 @@ def _adapt_setup(rd, out, given, saved, note) -> Setup:
     memory = estimate_step_memory(cfg, spec.batch_size, n_base + method.n_trainable, method.n_trainable,
                                   base["wte"].itemsize, hyper, 2 if alh.site == "both" else 1)
     return Setup(method.params, opt, method.loss_and_grads, tokens, spec.batch_size, cfg.block_size, rng, schedule,
-                 manifest, history, info, memory)
+                 manifest, history, info, memory, tok if saved is None else None)
 
 
 def _resumed(saved):

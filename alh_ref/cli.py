@@ -12,6 +12,7 @@
 Exit codes: 0 success; 2 usage errors and bad input (alh_ref.errors.InputError, argparse errors);
 1 a run that failed (alh_ref.errors.RunError, e.g. a NaN loss) or an internal error; 130 Ctrl-C.
 Errors print one line, ``error: <message>``, on stderr; a traceback only with ALH_REF_DEBUG=1.
+Warnings (a small split, an unpinned base, an eval result not saved, ...) print as ``warning: ...``.
 With ``--json`` the last stdout line is a JSON summary (``{"ok": false, "error": ...}`` on failure).
 Usage walk-through: docs/usage.md.
 """
@@ -241,7 +242,8 @@ def build_parser():
 
 # ----------------------------------------------------------------------------------------------
 # Subcommands: each returns (summary dict, human-readable lines). Library modules are imported
-# inside them, so `alh-ref --help` and usage errors answer without loading NumPy and Numba.
+# inside them, so `alh-ref --help` and usage errors answer without loading NumPy and Numba; the
+# defaults stated in the help texts are pinned to the library's tables by tests/test_runs.py.
 
 def _progress(args):
     mode = getattr(args, "progress", "off")

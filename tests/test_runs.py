@@ -375,7 +375,6 @@ def _cli_option(cmd, dest):
 
 
 def test_cli_defaults_and_choices_match_the_library_tables():
-    from alh_ref.alh.methods import METHODS  # noqa: F401  (the method list is checked by the library)
     from alh_ref.model import CONFIGS
     assert _cli_option("pretrain", "config").choices == tuple(CONFIGS)
     for cmd in ("pretrain", "adapt", "eval", "tokenizer"):
@@ -393,3 +392,29 @@ def test_cli_defaults_and_choices_match_the_library_tables():
             said = m.group(1)
             assert (said == f.default if isinstance(f.default, str) else float(said) == f.default), (f.name, act.help)
     assert _cli_option("adapt", "encoder").choices == ("transformer", "mean", "static")
+
+
+def test_contract_names_stay_importable_from_runs():
+    names = ("run_dir run_path load_split find_tokenizer stream_tokens save_state load_run_checkpoint load_model "
+             "load_base evaluate model_config generate next_token list_checkpoints resolve_checkpoint pretrain adapt")
+    assert all(callable(getattr(runs, n)) for n in names.split())
+
+
+def test_golden_wiring_takes_the_old_and_the_new_return(capsys, monkeypatch):
+    import alh_ref.golden as golden
+    seen = {}
+
+    def new(out=None, check=None, reference=None, impl="fast"):
+        seen.update(out=out, impl=impl)
+        return 0, ["wrote 17 cases", "ok"]
+    monkeypatch.setattr(golden, "golden_command", new)
+    code, out, err = run(capsys, "golden", "--out", "g", "--impl", "ref", "--json")
+    assert code == 0 and seen == {"out": "g", "impl": "ref"} and out.startswith("wrote 17 cases\nok\n"), err
+    assert last_json(out)["impl"] == "ref" and last_json(out)["ok"]
+
+    def old(out=None, check=None, reference=None):
+        return 1
+    monkeypatch.setattr(golden, "golden_command", old)
+    assert run(capsys, "golden", "--check", "g")[0] == 1
+    code, _, err = run(capsys, "golden", "--check", "g", "--impl", "ref")
+    one_line_error(err, code, "--impl ref needs", 1)

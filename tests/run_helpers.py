@@ -62,8 +62,9 @@ def same_run(a, b):
     tb, mb, hb = final_state(b)
     assert ma["step"] == mb["step"] and ma["rng"] == mb["rng"]
     assert sorted(ta) == sorted(tb)
+    # exact (the resume contract): the resumed run replays the same kernels on the same inputs in the same
+    # order, and each step allocates the same fresh buffers whatever ran before, so every sum keeps its order
     for name in ta:
-        # exact: the same code path on the same inputs (resume is specified to be bit-for-bit)
         assert np.array_equal(ta[name], tb[name]), name
     key = lambda h: [(r["step"], r["loss"], r["grad_norm"], r["lr"]) for r in h]  # noqa: E731
     assert key(ha) == key(hb) and len(ha) == ma["step"]

@@ -323,7 +323,8 @@ def _adapt_setup(rd, out, given, saved, note) -> Setup:
     n_base = int(sum(a.size for a in base.values()))
     info = {"method": spec.method, "n_trainable": method.n_trainable, "base": manifest["base"]["path"], **_resumed(saved)}
     hyper = alh if _has_hypernetwork(spec.method) else None
-    memory = estimate_step_memory(cfg, spec.batch_size, n_base + method.n_trainable, method.n_trainable,
+    n_own = sum(a.size for k, a in method.params.items() if base.get(k) is not a)       # not a base tensor itself
+    memory = estimate_step_memory(cfg, spec.batch_size, n_base + int(n_own), method.n_trainable,
                                   base["wte"].itemsize, hyper, 2 if alh.site == "both" else 1)
     return Setup(method.params, opt, method.loss_and_grads, tokens, spec.batch_size, cfg.block_size, rng, schedule,
                  manifest, history, info, memory, tok if saved is None else None)

@@ -391,7 +391,10 @@ def test_cli_defaults_and_choices_match_the_library_tables():
             assert m, (f.name, act.help)
             said = m.group(1)
             assert (said == f.default if isinstance(f.default, str) else float(said) == f.default), (f.name, act.help)
-    assert _cli_option("adapt", "encoder").choices == ("transformer", "mean", "static")
+    from alh_ref.alh.adapted import ENCODERS, OUT_CONTEXTS, SITES
+    for dest, table in (("encoder", ENCODERS), ("site", SITES), ("out_context", OUT_CONTEXTS)):
+        assert tuple(_cli_option("adapt", dest).choices) == table, dest
+    assert tuple(_cli_option("bench", "config").choices) == (*CONFIGS, "all")
 
 
 def test_contract_names_stay_importable_from_runs():

@@ -1,17 +1,10 @@
 """Memory check before training: estimate what one step needs and compare it with the machine's free memory.
 
-The estimate counts the arrays that live at the peak of one training step (docs/usage.md):
+The estimate (its terms are explained in docs/usage.md, "Memory check") is
 
-    parameters   all model tensors (frozen base included)                    n_params * itemsize
-    optimizer    a gradient and the two AdamW moments per trainable tensor    3 * n_trainable * itemsize
-    activations  what the forward pass caches for the backward pass, per sequence of T tokens:
-                 per block 20 T C (LayerNorm, linear and GELU inputs and outputs) plus 2 NH T^2
-                 (attention probabilities and their gradient), and 3 T V for the logits, their
-                 probabilities and the loss gradient; an adapted run adds its hypernetwork
-                 encoder (the same count with its D, heads and layers, no logits) and the per-
-                 position transforms (2 T C max(K, R, 2) per site)
-
-    total = parameters + optimizer + B * activations-per-sequence
+    total = parameters + optimizer + B * activations per sequence
+    parameters = n_params * itemsize;   optimizer = 3 * n_trainable * itemsize (gradient, m, v)
+    activations per sequence = L (BLOCK_TC T C + BLOCK_TT NH T^2) + HEAD_TV T V   [+ the hypernetwork's]
 
 tests/test_runs.py checks the activation count against the bytes the forward pass really caches.
 """

@@ -53,7 +53,7 @@ class GPTConfig:
         return asdict(self)
 
 
-# Configs of the benchmarks (issue 2) and of the tests.
+# Configs of the benchmarks and of the tests.
 CONFIGS = {
     "tiny": GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=64),
     "small": GPTConfig(vocab_size=2048, block_size=128, n_layer=4, n_head=4, n_embd=128),

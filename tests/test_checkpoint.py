@@ -36,6 +36,7 @@ def _manifest():
 
 
 def _same_bits(a, b):
+    # exact by design: a checkpoint stores bytes, it does no arithmetic, so a round trip keeps every bit
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
@@ -102,6 +103,7 @@ def test_non_contiguous_and_big_endian_inputs_store_their_values(tmp_path):
     t = {"t": base.T, "s": base[:, ::2], "be": base.astype(">f8")}          # (4,3), (3,2), (3,4)
     ck.save_checkpoint(tmp_path, t, {})
     got, meta = ck.load_checkpoint(tmp_path)
+    # exact: stored bytes come back as they were (float32 -> float64 of 0..11 is exact too)
     np.testing.assert_array_equal(got["t"], base.T)
     np.testing.assert_array_equal(got["s"], base[:, ::2])
     np.testing.assert_array_equal(got["be"], base.astype(np.float64))
@@ -327,6 +329,7 @@ def test_rng_round_trip(seed, n_pre, odd, kind):
     assert d["has_uint32"] == ("1" if odd else "0")
     back = ck.rng_from_json(d)
     assert back.bit_generator.state == rng.bit_generator.state
+    # exact: a restored bit generator state replays the same integer stream; floats are derived from it
     np.testing.assert_array_equal(back.integers(0, 2**32, size=5, dtype=np.uint32),
                                   rng.integers(0, 2**32, size=5, dtype=np.uint32))
     np.testing.assert_array_equal(back.standard_normal(9), rng.standard_normal(9))

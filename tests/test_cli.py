@@ -68,6 +68,8 @@ def _same_run(a, b):
     tb, mb, hb = _final_state(b)
     assert ma["step"] == mb["step"] and ma["rng"] == mb["rng"]
     assert sorted(ta) == sorted(tb)
+    # exact (the resume contract): the resumed run replays the same kernels on the same inputs in the same
+    # order, and each step allocates the same fresh buffers whatever ran before, so every sum keeps its order
     for name in ta:
         assert np.array_equal(ta[name], tb[name]), name
     key = lambda h: [(r["step"], r["loss"], r["grad_norm"], r["lr"]) for r in h]  # noqa: E731

@@ -258,6 +258,8 @@ def test_write_bundle_and_golden_command(tmp_path, capsys):
     out = tmp_path / "b"
     g.write_bundle(out, cases=["gpt_f32"])
     assert g.verify_bundle(out) == []
+    # exact: the writer's determinism (same process, same code path, same inputs; each case allocates
+    # the same fresh arrays in the same order whatever ran before)
     g.write_bundle(tmp_path / "again", cases=["gpt_f32"])                                        # deterministic writer
     assert (out / "gpt_f32.safetensors").read_bytes() == (tmp_path / "again" / "gpt_f32.safetensors").read_bytes()
     assert g.golden_command(check=str(out)) == 0

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from strategies import dims, seeds, token_array
+from tolerances import assert_ulp_close
 
 import alh_ref.model as model
 from alh_ref.errors import InputError, RunError
@@ -157,9 +158,11 @@ def test_frozen_partial_matches_unfrozen(data):
     _, full, dtok_full = forward_backward(params, cfg, ids, targets, ignore, dloss=1.1)
     _, grads, dtok = forward_backward(params, cfg, ids, targets, ignore, frozen=frozen, dloss=1.1)
     assert set(grads) == set(param_shapes(cfg)) - frozen
+    # Not bitwise: the frozen run skips dW buffers, so later arrays sit at other alignments and
+    # BLAS / SIMD reductions may sum in another order (seen: 1 ulp on AVX2). See tests/tolerances.py.
     for n, g in grads.items():
-        np.testing.assert_array_equal(g, full[n], err_msg=n)
-    np.testing.assert_array_equal(dtok, dtok_full)
+        assert_ulp_close(g, full[n], err_msg=n)
+    assert_ulp_close(dtok, dtok_full)
 
 
 @pytest.mark.parametrize("frozen,name", [({"h.0.attn.c_attn.b"}, "h.0.attn.c_attn.b"),
@@ -288,7 +291,7 @@ def test_init_reproducible(seed, dtype):
     assert list(a) == list(param_shapes(cfg))
     for n in a:
         assert a[n].dtype == np.dtype(dtype) and a[n].flags.c_contiguous and a[n].shape == param_shapes(cfg)[n]
-        assert a[n].tobytes() == b[n].tobytes(), n
+        assert a[n].tobytes() == b[n].tobytes(), n    # exact: same seed, same generator draws, same casts
     c = init_params(cfg, seed=seed + 1, dtype=dtype)
     assert a["wte"].tobytes() != c["wte"].tobytes()
 

@@ -77,10 +77,10 @@ def test_linear_backward_skips():
     dout = float_array(2, (4, 2))                                      # (N,Cout)
     dx, dw, db = linear_backward(dout, cache, need_dw=False)
     assert dw is None and db is None
-    np.testing.assert_array_equal(dx, dout @ w.T)
+    np.testing.assert_array_equal(dx, dout @ w.T)                     # exact: the same BLAS call on the same buffers
     dx, dw, db = linear_backward(dout, cache, need_dx=False)
     assert dx is None
-    np.testing.assert_array_equal(dw, x.T @ dout)
+    np.testing.assert_array_equal(dw, x.T @ dout)                     # exact: the same BLAS call on the same buffers
 
 
 @pytest.mark.parametrize("impl", ["fast", "ref"])
@@ -158,8 +158,7 @@ def test_softmax_ce_backward_inplace_matches(impl):
     got = bwd(0.3, cache, inplace=True)
     assert got is probs                                                # written over the cached probs
     assert cache[0] is None                                            # and the cache is marked spent
-    # same code path, same inputs: the in-place result is bit-identical to the out-of-place one
-    np.testing.assert_array_equal(got, expect)
+    np.testing.assert_array_equal(got, expect)    # exact: elementwise ops only (no reduction), correctly rounded
     with pytest.raises(RunError, match="spent"):
         bwd(0.3, cache)
 
@@ -204,6 +203,7 @@ def test_numerical_grad_of_known_function_restores_input():
     assert g.shape == x.shape and x.tobytes() == before.tobytes()
     assert rel_error(np.cos(x) * G, g, floor=1e-2) < 1e-8
     idx = [0, 7, 11]
+    # exact: each entry is the same two evaluations of f on the same x, made by the same code
     np.testing.assert_array_equal(numerical_grad(f, x, index=idx), g.reshape(-1)[idx])
     with pytest.raises(InputError, match="float64"):
         numerical_grad(f, x.astype(np.float32))

@@ -176,6 +176,11 @@ def alh_backward(cache, base, hyp, bcfg, acfg, dloss=1.0, frozen=frozenset()):
     The base model's parameters are frozen: the body backward is called with every base name
     frozen, so only activation gradients flow through it (no dW matmuls).
 
+    Parameters
+    ----------
+    frozen : set of hypernetwork parameter names whose gradients are not returned, decided per name
+        (freezing alh.head.w keeps alh.head.b); work is skipped where a whole layer is frozen
+
     Returns
     -------
     grads : dict over the hypernetwork's names (minus ``frozen``)
@@ -218,8 +223,8 @@ def alh_backward(cache, base, hyp, bcfg, acfg, dloss=1.0, frozen=frozenset()):
         dc0 = None
     grads.update(encoder_backward(dc, cache["enc"], frozen))
     if dc0 is not None:
-        if acfg.encoder == "static":
-            grads["alh.enc.c"] = grads["alh.enc.c"] + dc0                                       # static: c_0 is c too
-        else:
+        if acfg.encoder != "static":
             grads["alh.c0"] = dc0
+        elif "alh.enc.c" in grads:                                                              # absent when frozen
+            grads["alh.enc.c"] = grads["alh.enc.c"] + dc0                                       # static: c_0 is c too
     return {n: grads[n] for n in alh_param_shapes(bcfg, acfg) if n in grads and n not in frozen}

@@ -122,19 +122,19 @@ def head_backward(draw, dtheta, cache, frozen=frozenset()):
     ----------
     draw : ndarray (B,S,P)   dL/dtheta_raw (from :func:`head_grad_buffers`, filled through dtheta)
     dtheta : dict of views into draw, plus householder "a" (J,C)
+    frozen : set of parameter names whose gradients are not returned (decided per name: freezing
+        alh.head.w keeps alh.head.b's gradient, and the dW matmul is skipped only when both are frozen)
 
     Returns
     -------
-    grads : dict  alh.head.w (D,P) = c^T draw, alh.head.b (P,) = sum draw [, alh.head.a (J,C)]
+    grads : dict  alh.head.w (D,P) = c^T draw, alh.head.b (P,) = sum draw [, alh.head.a (J,C)], minus frozen
     dc : ndarray (B,S,D) = draw @ w^T
     """
     family, c_lin = cache[0], cache[1]
-    dc, dw, db = linear_backward(draw, c_lin, need_dw="alh.head.w" not in frozen)           # (B,S,P) -> (B,S,D)
-    grads = {}
-    if dw is not None:
-        grads["alh.head.w"], grads["alh.head.b"] = dw, db
-    if family == "householder":
-        grads["alh.head.a"] = dtheta["a"]
+    need = not {"alh.head.w", "alh.head.b"} <= frozen                                       # db is free once dw runs
+    dc, dw, db = linear_backward(draw, c_lin, need_dw=need)                                 # (B,S,P) -> (B,S,D)
+    grads = {n: g for n, g in (("alh.head.w", dw), ("alh.head.b", db), ("alh.head.a", dtheta.get("a")))
+             if g is not None and n not in frozen}                                          # decided per name
     return grads, dc
 
 

@@ -1,9 +1,9 @@
-"""The Householder family: A = H(u_K) ... H(u_1), a product of K = 2J reflections (orthogonal), b = 0.
+"""The Householder family: A = H(u_{K-1}) ... H(u_0), a product of K = 2J reflections (orthogonal), b = 0.
 
     H(u) = I - 2 u u^T / (u . u)
-    pairs j = 1..J:  u_{2j-1} = a^_j,  u_{2j} = a^_j + P_j v_j,   a^_j = a_j / ||a_j||,  P_j = I - a^_j a^_j^T
+    pairs j = 0..J-1 (0-based):  u_{2j} = a^_j,  u_{2j+1} = a^_j + P_j v_j,   a^_j = a_j / ||a_j||,  P_j = I - a^_j a^_j^T
     a (J,C) learned and shared by every position; v (B,S,J,C) from the head, zero at init, so that
-    H(a^_j) H(a^_j) = I (identity at init);  ||u_{2j}||^2 = 1 + ||P_j v_j||^2 >= 1 (never degenerate).
+    H(a^_j) H(a^_j) = I (identity at init);  ||u_{2j+1}||^2 = 1 + ||P_j v_j||^2 >= 1 (never degenerate).
 
 ``householder_forward_fast`` / ``householder_backward_fast`` are fused Numba kernels (the whole
 chain of reflections per position, u2 built on the fly); ``*_ref`` the NumPy twins, one vectorised
@@ -78,7 +78,7 @@ def householder_vectors(theta):
 
 
 def householder_forward_ref(theta, e, transpose=False):
-    """y = A e (or A^T e) with A = H(u_K)...H(u_1); off is None (b = 0). NumPy reference.
+    """y = A e (or A^T e) with A = H(u_{K-1})...H(u_0); off is None (b = 0). NumPy reference.
 
     Parameters
     ----------
@@ -94,9 +94,9 @@ def householder_forward_ref(theta, e, transpose=False):
     J = ahat.shape[0]
     ops = []                                                                                # (kind, j) in application order
     for j in range(J):
-        ops += [("a", j), ("u", j)]                                                         # H(u_{2j-1}) first, then H(u_{2j})
+        ops += [("a", j), ("u", j)]                                                         # H(u_{2j}) first, then H(u_{2j+1})
     if transpose:
-        ops.reverse()                                                                       # A^T = H(u_1) ... H(u_K)
+        ops.reverse()                                                                       # A^T = H(u_0) ... H(u_{K-1})
     xs = []
     x = e
     for kind, j in ops:
@@ -260,7 +260,7 @@ def _ahat_backward(dahat, ahat, anorm):
 
 
 def householder_forward_fast(theta, e, transpose=False):
-    """y = A e (or A^T e) with A = H(u_K)...H(u_1); off is None (b = 0). Numba kernel.
+    """y = A e (or A^T e) with A = H(u_{K-1})...H(u_0); off is None (b = 0). Numba kernel.
 
     Same contract as :func:`householder_forward_ref`.
 

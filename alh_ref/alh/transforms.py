@@ -3,7 +3,7 @@
 A family maps per-position parameters theta_t to an affine map of latent vectors, T_t e = A_t e + b_t,
 that is applied to a vector in O(KC), O(RC) or O(C) — no (C,C) matrix is ever built:
 
-    householder  A = H(u_K) ... H(u_1),  H(u) = I - 2 u u^T / (u^T u),  b = 0   (orthogonal)   alh/householder.py
+    householder  A = H(u_{K-1}) ... H(u_0),  H(u) = I - 2 u u^T / (u^T u),  b = 0   (orthogonal)   alh/householder.py
     lowrank      A = I + U^T V  (U, V: (R,C) rows),  b = 0;  U zero at init                  alh/lowrank.py
     film         A = diag(1 + gamma),  b = beta;  gamma, beta zero at init                   alh/film.py
 

@@ -18,6 +18,7 @@ GPT-2-style names to arrays; :func:`param_shapes` is the one ordered name list t
 optimizer, gradient checks, checkpoints and golden bundles all walk. Derivation: docs/model.md.
 """
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -193,6 +194,19 @@ def embed_backward(dtok, cache):
 # ----------------------------------------------------------------------------------------------
 # Stage 2: the body (positions, blocks, final LayerNorm)
 
+class BlockCache(NamedTuple):
+    """The sub-layer caches of one block, in forward order (what :func:`block_backward` reads)."""
+
+    ln_1: tuple             # layernorm (h, w, mean, rstd)
+    c_attn: tuple           # linear (x1, w)
+    attn: tuple             # attention (qkv, att, NH)
+    attn_proj: tuple        # linear (y, w)
+    ln_2: tuple             # layernorm (a, w, mean, rstd)
+    c_fc: tuple             # linear (x2, w)
+    gelu: tuple             # gelu (f,)
+    mlp_proj: tuple         # linear (g, w)
+
+
 def block_forward(params, l, h, NH):
     """One pre-LayerNorm transformer block.
 
@@ -204,7 +218,7 @@ def block_forward(params, l, h, NH):
     Returns
     -------
     h_out : ndarray (B,T,C)   a = h + c_proj(Attn(c_attn(LN1(h))));  h_out = a + c_proj(GELU(c_fc(LN2(a))))
-    cache : tuple of the sub-layer caches
+    cache : BlockCache
     """
     p = f"h.{l}."
     x1, c_ln1 = layernorm_forward(h, params[p + "ln_1.w"], params[p + "ln_1.b"])                # (B,T,C)
@@ -217,7 +231,7 @@ def block_forward(params, l, h, NH):
     g, c_g = gelu_forward(f)                                                                    # (B,T,4C)
     mo, c_mo = linear_forward(g, params[p + "mlp.c_proj.w"], params[p + "mlp.c_proj.b"])        # (B,T,4C) -> (B,T,C)
     h_out = a + mo                                                                              # (B,T,C)
-    return h_out, (c_ln1, c_qkv, c_att, c_ao, c_ln2, c_fc, c_g, c_mo)
+    return h_out, BlockCache(c_ln1, c_qkv, c_att, c_ao, c_ln2, c_fc, c_g, c_mo)
 
 
 def block_backward(dh_out, cache, l, grads, frozen=frozenset()):

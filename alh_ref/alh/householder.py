@@ -28,7 +28,7 @@ class HouseholderRefCache(NamedTuple):
     s2: np.ndarray          # (B,S,J) u2 . u2
     anorm: np.ndarray       # (J,) ||a||
     proj: np.ndarray        # (B,S,J) a^ . v
-    ops: list               # (kind "a" | "u", j) of each reflection, in application order
+    steps: list             # (kind "a" | "u", j) of each reflection, in application order
     xs: list                # the input (B,S,C) of each reflection, in application order
 
 
@@ -92,29 +92,29 @@ def householder_forward_ref(theta, e, transpose=False):
     """
     ahat, sa, u2, s2, anorm, proj = householder_vectors(theta)
     J = ahat.shape[0]
-    ops = []                                                                                # (kind, j) in application order
+    steps = []                                                                              # (kind, j) in application order
     for j in range(J):
-        ops += [("a", j), ("u", j)]                                                         # H(u_{2j}) first, then H(u_{2j+1})
+        steps += [("a", j), ("u", j)]                                                       # H(u_{2j}) first, then H(u_{2j+1})
     if transpose:
-        ops.reverse()                                                                       # A^T = H(u_0) ... H(u_{K-1})
+        steps.reverse()                                                                     # A^T = H(u_0) ... H(u_{K-1})
     xs = []
     x = e
-    for kind, j in ops:
+    for kind, j in steps:
         xs.append(x)
         if kind == "a":
             x = reflect(ahat[j], sa[j], x)                                                  # (B,S,C)
         else:
             x = reflect(u2[:, :, j], s2[:, :, j], x)                                        # (B,S,C)
-    return x, None, HouseholderRefCache(theta["v"], ahat, sa, u2, s2, anorm, proj, ops, xs)
+    return x, None, HouseholderRefCache(theta["v"], ahat, sa, u2, s2, anorm, proj, steps, xs)
 
 
 def householder_backward_ref(dy, doff, cache):
     """Backward of :func:`householder_forward_ref`: returns dtheta {"v","a"}, de (B,S,C). NumPy reference."""
-    v, ahat, sa, u2, s2, anorm, proj, ops, xs = cache
+    v, ahat, sa, u2, s2, anorm, proj, steps, xs = cache
     dahat = np.zeros_like(ahat)                                                             # (J,C)
     du2 = np.zeros_like(u2)                                                                 # (B,S,J,C)
     dx = dy
-    for (kind, j), x in zip(reversed(ops), reversed(xs)):
+    for (kind, j), x in zip(reversed(steps), reversed(xs)):
         if kind == "a":
             dx, du = reflect_backward(dx, ahat[j], np.full(x.shape[:-1], sa[j]), x)         # (B,S,C)
             dahat[j] += du.reshape(-1, du.shape[-1]).sum(0)                                 # shared by all positions

@@ -260,20 +260,7 @@ def _ahat_backward(dahat, ahat, anorm):
 
 
 def householder_forward_fast(theta, e, transpose=False):
-    """y = A e (or A^T e) with A = H(u_{K-1})...H(u_0); off is None (b = 0). Numba kernel.
-
-    Same contract as :func:`householder_forward_ref`.
-
-    Parameters
-    ----------
-    theta : {"v": (B,S,J,C), "a": (J,C)}
-    e : ndarray (B,S,C)
-    transpose : bool
-
-    Returns
-    -------
-    y : (B,S,C);  off : None;  cache : HouseholderCache
-    """
+    """y = A e (or A^T e), the fused Numba kernel; same contract as :func:`householder_forward_ref` (cache: HouseholderCache)."""
     ahat, anorm, sa = _ahat(theta["a"])
     B, S, C = e.shape
     J = ahat.shape[0]

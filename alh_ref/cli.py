@@ -216,6 +216,8 @@ def build_parser():
     x.add_argument("--check", metavar="DIR", help="check the bundle in DIR")
     p.add_argument("--reference", metavar="DIR",
                    help="with --check: compare against this bundle instead of recomputing")
+    p.add_argument("--impl", choices=("fast", "ref"), default="fast",
+                   help="compute the cases on the Numba kernels (fast, default) or the NumPy twins alone (ref)")
     p.add_argument("--json", action="store_true", help="print a machine-readable JSON summary as the last line")
 
     p = add("bench", "train-step throughput (runs benchmarks/bench_train.py)")
@@ -328,11 +330,11 @@ def _lazy(module, attr, what):
 
 
 def cmd_golden(args):
-    """``alh-ref golden``: alh_ref.golden.golden_command (it prints its own report) -> (summary, [])."""
+    """``alh-ref golden``: alh_ref.golden.golden_command -> (summary, its report lines)."""
     golden_command = _lazy("golden", "golden_command", "alh-ref golden")
-    rc = golden_command(out=args.out, check=args.check, reference=args.reference)
+    rc, lines = golden_command(out=args.out, check=args.check, reference=args.reference, impl=args.impl)
     return {"job": "golden", "ok": rc == 0, "exit_code": rc, "out": args.out, "check": args.check,
-            "reference": args.reference}, []
+            "reference": args.reference, "impl": args.impl}, lines
 
 
 def cmd_bench(args):

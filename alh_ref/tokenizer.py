@@ -180,7 +180,10 @@ def train_bpe(text: str | Iterable[str], vocab_size: int, *, pattern: str = GPT2
     Parameters
     ----------
     text : str or iterable of str
-        Training text; an iterable is treated as separate documents (no pre-token spans two).
+        Training text; an iterable (list, tuple, generator) is treated as separate documents (no
+        pre-token spans two), e.g. the train splits of two corpora together,
+        ``a_train.documents + b_train.documents``. Only the pre-token counts matter, so neither the
+        order of the documents nor how they are grouped changes the result.
     vocab_size : int
         Wanted V = 256 + merges + len(special_tokens). The result has fewer merges only if the
         text runs out of adjacent pairs (check ``tokenizer.n_vocab``).
@@ -202,6 +205,8 @@ def train_bpe(text: str | Iterable[str], vocab_size: int, *, pattern: str = GPT2
     if vocab_size < floor:
         raise InputError(f"vocab_size={vocab_size} is too small; expected >= 256 byte tokens + "
                          f"{len(special_tokens)} special token(s) = {floor}")
+    if not isinstance(text, (str, Iterable)):
+        raise InputError(f"training text is {type(text).__name__}; expected a str or a list of str documents")
     texts = [text] if isinstance(text, str) else text
     vocab = learn_merges(count_pretokens(texts, pattern), int(vocab_size) - floor)
     return Tokenizer({t: i for i, t in enumerate(vocab)}, pattern, special_tokens)

@@ -4,8 +4,9 @@ import ast
 import numpy as np
 import pytest
 
-from alh_ref.corpora import (BUILTIN_CORPORA, Corpus, encode_documents, fingerprint_documents, load_corpus,
-                             markov_entropy_rate, PYCODE_MODULES, sample_chain, split_documents, strip_docstrings,
+from alh_ref.corpora import (BUILTIN_CORPORA, MIN_REST_CHARS, Corpus, cut_documents, encode_documents,
+                             fingerprint_documents, load_corpus, markov_entropy_rate, module_units, pydoc_sections,
+                             require_split_sizes, sample_chain, split_documents, split_sizes, strip_docstrings,
                              synthetic_chains, synthetic_words)
 from alh_ref.errors import InputError
 from alh_ref.tokenizer import EOT, train_bpe
@@ -22,7 +23,11 @@ def test_builtin_loads_nonempty_and_deterministic(name):
 
 def test_builtin_contents():
     from pydoc_data.topics import topics
-    assert load_corpus("pydoc").documents == [topics[k] for k in sorted(topics)]
+    pydoc = load_corpus("pydoc").documents
+    assert pydoc == list(dict.fromkeys(p for k in sorted(topics) for p in pydoc_sections(topics[k])))
+    assert len(set(pydoc)) == len(pydoc) > len(topics)
+    for k in sorted(topics):                               # cutting keeps every non-blank character, in order
+        assert "".join(topics[k].split()) == "".join("".join(p.split()) for p in pydoc_sections(topics[k]))
     docs = load_corpus("docstrings").documents
     assert len(set(docs)) == len(docs)
     import heapq, inspect, textwrap
@@ -37,7 +42,52 @@ def test_builtin_contents():
                 first = node.body[0]
                 assert not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
                             and isinstance(first.value.value, str))
-    assert len(code) == len(PYCODE_MODULES)
+    assert len(set(code)) == len(code)
+    assert "def nlargest(" in "".join(code) and any(d.startswith("class ArgumentParser(") for d in code)
+
+
+def test_pydoc_sections_cut_before_full_width_equals_underline():
+    topic = ("Title\n*****\n\nintro\n\nFirst section\n=============\n\nbody = 1\n==\n\n"
+             "Second\n======\ntext\n  \n")
+    assert pydoc_sections(topic) == ["Title\n*****\n\nintro", "First section\n=============\n\nbody = 1\n==",
+                                     "Second\n======\ntext"]
+    assert pydoc_sections("no heading\n") == ["no heading"]
+
+
+def test_module_units_cut_at_top_level_defs():
+    src = ('import os\nX = 1\n@staticmethod\ndef f(x):\n    """doc"""\n    return x\n'
+           'class A:\n    def m(self):\n        pass\nasync def g():\n    pass\nY = 2  # comment\n')
+    assert module_units(src, min_rest_chars=0) == ["import os\nX = 1\nY = 2\n", "@staticmethod\ndef f(x):\n    return x\n",
+                                                   "class A:\n\n    def m(self):\n        pass\n", "async def g():\n    pass\n"]
+    assert module_units(src)[0].startswith("@staticmethod")                 # 20 chars of module code < MIN_REST_CHARS
+    assert module_units("Z = 0\n" * MIN_REST_CHARS)[0].startswith("Z = 0")
+
+
+@pytest.mark.parametrize("name", ["pydoc", "pycode", "docstrings"])
+def test_stdlib_splits_hold_enough_documents(name):
+    sp = split_documents(load_corpus(name), (0.8, 0.1, 0.1))             # the study's fractions
+    assert min(len(s.documents) for s in sp.values()) >= 10
+    assert require_split_sizes(sp, 10, what="domain B") is sp
+    sizes = split_sizes(sp)
+    assert sum(v["docs"] for v in sizes.values()) == len(load_corpus(name).documents)
+    assert sizes["val"] == {"docs": len(sp["val"].documents), "chars": sum(map(len, sp["val"].documents))}
+
+
+def test_require_split_sizes_refuses_small_split():
+    c = Corpus("tiny", [f"document {i}" for i in range(12)])
+    sp = split_documents(c, (0.8, 0.1, 0.1))
+    n = len(sp["val"].documents)
+    assert n < 10
+    with pytest.raises(InputError, match=rf"^domain B: the val split of corpus 'tiny' holds {n} document\(s\).*"
+                                         r"expected at least 10"):
+        require_split_sizes({"val": sp["val"]}, 10, what="domain B")
+    require_split_sizes({"val": sp["val"]}, n, what="domain B")             # exactly the minimum passes
+
+
+def test_docstrings_do_not_repeat_pydoc_or_pycode_documents():
+    docs = set(load_corpus("docstrings").documents)
+    for other in ("pydoc", "pycode"):
+        assert docs.isdisjoint(load_corpus(other).documents), other
 
 
 def test_strip_docstrings_keeps_code():
@@ -161,18 +211,20 @@ def test_user_file_folder_and_errors(tmp_path):
     f.write_bytes(b"first doc\nline two\n\n\nsecond doc\r\n\r\n\r\n\r\nthird\n\n\n   \n")
     c = load_corpus(str(f))
     assert c.documents == ["first doc\nline two", "second doc", "third"]
+    assert c.meta["document_rule"] == "blank-lines" and c.meta["chunk_chars"] is None
     sub = tmp_path / "sub"
     sub.mkdir()
     (sub / "b.md").write_text("markdown doc\n")
     (tmp_path / "ignored.bin").write_bytes(b"\xff\xfe")
     folder = load_corpus(tmp_path)
-    assert folder.documents == c.documents + ["markdown doc\n"]
+    assert folder.documents == c.documents + ["markdown doc"]
     assert folder.meta["files"] == ["a.txt", "sub/b.md"]
 
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"hello\xffworld")
-    with pytest.raises(InputError, match=r"bad\.txt.*byte offset 5"):
+    with pytest.raises(InputError, match=r"bad\.txt.*byte offset 5.*use --errors replace") as e:
         load_corpus(str(bad))
+    assert "\n" not in str(e.value) and "errors='replace'" not in str(e.value)
     with pytest.raises(InputError, match="byte offset 5"):
         load_corpus(tmp_path)
     assert load_corpus(str(bad), errors="replace").documents == ["hello\ufffdworld"]
@@ -203,3 +255,98 @@ def test_encode_documents_appends_eot():
     pieces = np.split(ids, cuts + 1)[:-1]
     assert [tok.decode(p[:-1]) for p in pieces] == docs
     assert encode_documents(tok, []).shape == (0,)
+
+
+def _words(rng, n):
+    syl = ["ka", "lo", "mi", "ne", "to", "ru", "sa", "vi", "de", "po"]
+    return " ".join("".join(rng.choice(syl, size=rng.integers(1, 4))) for _ in range(n))
+
+
+def _wrapped(text, width=70):
+    import textwrap
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def test_play_and_novel_give_usable_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    acts = []                                   # a play: 3 acts (two blank lines apart), speeches one blank line apart
+    while sum(map(len, acts)) < 3 * 340_000:
+        speeches = []
+        while sum(map(len, speeches)) < 340_000:
+            speeches.append(f"{rng.choice(['HAMLET', 'OPHELIA', 'KING'])}.\n" + _wrapped(_words(rng, rng.integers(5, 60))))
+        acts.append("\n\n".join(speeches))
+    play = tmp_path / "play.txt"
+    play.write_text("\n\n\n".join(acts))
+    novel = tmp_path / "novel.txt"                # a novel: wrapped lines, no blank line at all
+    novel.write_text(_wrapped(_words(rng, 30_000)) + "\n")
+    assert play.stat().st_size > 1_000_000 and 140_000 < novel.stat().st_size < 160_000
+    for path, rule in ((play, "paragraphs"), (novel, "lines")):
+        c = load_corpus(str(path))
+        assert c.meta["document_rule"] == rule
+        assert len(c.documents) >= 100
+        short = [len(d) for d in c.documents[:-1] if len(d) < c.meta["chunk_chars"] - 3]   # the trimmed separator aside,
+        assert not short                                                                  # only a text's last chunk is short
+        assert "".join("".join(d.split()) for d in c.documents) == "".join(path.read_text().split())   # nothing lost
+        for fractions in ((0.9, 0.05, 0.05), (0.8, 0.1, 0.1)):
+            sizes = split_sizes(split_documents(c, fractions))
+            assert min(sizes["val"]["docs"], sizes["test"]["docs"]) >= 3, (path.name, fractions, sizes)
+    blank = load_corpus(str(play), errors="strict")
+    assert blank.documents[0].startswith(("HAMLET.", "OPHELIA.", "KING."))
+
+
+def test_cut_documents_rules_by_hand():
+    docs, meta = cut_documents(["a\n\n\nb\n \n\t\nc"])               # whitespace-only lines are blank
+    assert docs == ["a", "b", "c"] and meta == {"document_rule": "blank-lines", "chunk_chars": None}
+    para = "\n\n".join(f"paragraph {i:03d} " + "x" * 480 for i in range(400))     # 400 x ~495 chars, one blank line apart
+    docs, meta = cut_documents([para])
+    assert meta["document_rule"] == "paragraphs" and meta["chunk_chars"] == 1000    # 198k chars // 200 -> clipped to 1000
+    assert docs[0] == "\n\n".join(para.split("\n\n")[:3])                        # 3 paragraphs reach 1000 chars
+    one_line = " ".join(["word"] * 60_000)                                          # no line end at all
+    docs, meta = cut_documents([one_line])
+    assert meta["document_rule"] == "lines" and len(docs) >= 100 and all(d.startswith("word") for d in docs)
+    docs, meta = cut_documents(["short text\nin two lines"])                        # no rule reaches MIN_DOCS: most docs, earliest
+    assert docs == ["short text\nin two lines"] and meta["document_rule"] == "blank-lines"
+    assert cut_documents([para], rule="lines")[1]["document_rule"] == "lines"
+    with pytest.raises(InputError, match="unknown"):
+        cut_documents([para], rule="words")
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-8-sig"])
+def test_byte_order_mark_selects_encoding(tmp_path, codec):
+    text = "caf\u00e9 \u2603 \U0001f600\r\nline two\n\n\nsecond"
+    bom = {"utf-16-le": "\ufeff", "utf-16-be": "\ufeff"}.get(codec, "")             # explicit-endian codecs write no BOM
+    f = tmp_path / "u.txt"
+    f.write_bytes((bom + text).encode(codec))
+    assert f.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff", b"\xef\xbb")
+    assert load_corpus(str(f)).documents == ["caf\u00e9 \u2603 \U0001f600\nline two", "second"]
+
+
+def test_binary_files_refused(tmp_path):
+    nul = tmp_path / "zeros.txt"
+    nul.write_bytes(bytes(200_000))
+    with pytest.raises(InputError, match=r"^'.*zeros\.txt' looks like binary data \(it holds NUL bytes\)[^\n]*$"):
+        load_corpus(str(nul))
+    noise = tmp_path / "noise.txt"
+    noise.write_bytes(np.random.default_rng(0).integers(1, 256, 50_000, dtype=np.uint8).tobytes().replace(b"\x00", b""))
+    for errors in ("strict", "replace"):
+        with pytest.raises(InputError, match="looks like binary data .* control codes or undecodable"):
+            load_corpus(str(noise), errors=errors)
+    latin = tmp_path / "latin1.txt"                 # a few undecodable bytes in text: not binary, just not UTF-8
+    latin.write_bytes("d\u00e9j\u00e0 vu, na\u00efve caf\u00e9\n".encode("latin-1") * 100)
+    with pytest.raises(InputError, match="not valid UTF-8 at byte offset 1"):
+        load_corpus(str(latin))
+    assert load_corpus(str(latin), errors="replace").documents[0].startswith("d\ufffdj\ufffd vu")
+
+
+def test_builtin_name_clashing_with_local_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pydoc").mkdir()
+    (tmp_path / "pydoc" / "mine.txt").write_text("my own text\n")
+    with pytest.raises(InputError, match=r"'pydoc' is ambiguous: .*local folder .*write \./pydoc .*without a 'pydoc' entry"):
+        load_corpus("pydoc")
+    assert load_corpus("./pydoc").documents == ["my own text"]
+    (tmp_path / "synthetic").write_text("a file\n")
+    with pytest.raises(InputError, match="local file"):
+        load_corpus("synthetic", n_docs=4)
+    monkeypatch.chdir(tmp_path / "pydoc")
+    assert load_corpus("pydoc").meta["kind"] == "pydoc"               # no clash from another folder

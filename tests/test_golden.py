@@ -1,5 +1,6 @@
 """Tests for alh_ref.golden: the committed bundle does not drift, the checker finds and locates every
 kind of divergence, the bundle describes itself, and the tolerances have measured headroom."""
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -14,9 +15,11 @@ import safetensors.numpy as stnp
 
 import alh_ref.ops as ops
 from alh_ref import golden as g
+from alh_ref import optim
 from alh_ref import model
 from alh_ref.alh import adapted, encoders
 from alh_ref.errors import InputError
+from alh_ref.golden import cases as golden_cases
 from alh_ref.ops import gelu as gelu_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +78,7 @@ def test_gelu_constant_change_is_caught(monkeypatch):
         monkeypatch.setattr(mod, "gelu_backward", ops.gelu_backward_ref)
     report = g.check_bundle(GOLDEN, cases=["gpt_f64", "alh_film_both_mean"])
     assert not report["ok"]
-    assert report["first_failure"] == "gpt_f64/output.logits"      # parameters and inputs still match
+    assert report["first_failure"] == "gpt_f64/act.h.0"            # parameters and inputs match; block 0's MLP does not
     assert _entry(report, "gpt_f64", "output.logits")["share"] > 100
     assert not _entry(report, "alh_film_both_mean", "alh.context")["ok"]   # the mean encoder's MLP too
 
@@ -83,7 +86,7 @@ def test_gelu_constant_change_is_caught(monkeypatch):
 def test_adam_epsilon_change_is_caught(monkeypatch):
     """The training tolerance is loose enough for rounding (see the headroom tests below) but still
     sees AdamW's eps moved by 10%."""
-    monkeypatch.setattr(g, "TRAIN_OPT", dataclasses.replace(g.TRAIN_OPT, eps=1.1e-8))
+    monkeypatch.setattr(golden_cases, "TRAIN_OPT", dataclasses.replace(golden_cases.TRAIN_OPT, eps=1.1e-8))
     report = g.check_bundle(GOLDEN, cases=["train_gpt_f64", "train_alh_householder_f64"])
     failed = {(e["case"], e["key"]) for e in _failures(report)}
     assert report["first_failure"].startswith("train_gpt_f64/train.")
@@ -182,10 +185,12 @@ def test_candidate_manifest_cannot_loosen_tolerances(copy_of):
 def test_compare_tensor_edge_cases():
     r = g.compare_tensor(np.array(2.0), np.array(2.0), 1e-10, 1e-12)
     assert r == {"max_abs": 0.0, "max_rel": 0.0, "share": 0.0, "worst_index": (), "ok": True}
+    r = g.compare_tensor(np.array([1e-13, 2e-3]), np.array([0.0, 1e-3]), 1e-10, 1e-12)
+    assert r["max_rel"] is None                        # no |b| >= atol/rtol = 1e-2: no relative error to report
     r = g.compare_tensor(np.array([0.0, 1.0, 3.0]), np.array([1e-13, 1.0, 3.0 + 3e-10]), 1e-10, 1e-12)
     # element 0: 1e-13 / 1e-12 = 0.1;  element 2: 3e-10 / (1e-12 + 3e-10) ~ 0.997
     assert r["worst_index"] == (2,) and r["ok"] and r["share"] == pytest.approx(3e-10 / (1e-12 + 3e-10 * (1 + 1e-10)), rel=1e-4)
-    assert r["max_rel"] == pytest.approx(1.0)                                 # element 0: 1e-13 / 1e-13
+    assert r["max_rel"] == pytest.approx(1e-10)            # element 2 only: element 0's |b| < atol/rtol
     r = g.compare_tensor(np.array([np.nan, 1.0]), np.array([0.0, 1.0]), 1.0, 1.0)
     assert not r["ok"] and r["worst_index"] == (0,) and r["share"] == np.inf
     r = g.compare_tensor(np.array([1, 2], dtype=np.int64), np.array([1, 3], dtype=np.int64), 0.0, 0.0)
@@ -262,20 +267,41 @@ def test_write_bundle_and_golden_command(tmp_path, capsys):
     # the same fresh arrays in the same order whatever ran before)
     g.write_bundle(tmp_path / "again", cases=["gpt_f32"])                                        # deterministic writer
     assert (out / "gpt_f32.safetensors").read_bytes() == (tmp_path / "again" / "gpt_f32.safetensors").read_bytes()
-    assert g.golden_command(check=str(out)) == 0
-    assert "PASS" in capsys.readouterr().out
+    code, lines = g.golden_command(check=str(out))
+    assert code == 0 and lines[-1].startswith("PASS")
     _edit(out, "gpt_f32", lambda t: _set(t, "grad.ln_f.w", slice(None), t["grad.ln_f.w"] * np.float32(1.01)))
-    assert g.golden_command(check=str(out), reference=str(GOLDEN)) == 1
-    assert "first failing tensor: gpt_f32/grad.ln_f.w" in capsys.readouterr().out
-    assert g.golden_command() == 2
-    assert "error: golden needs exactly one of" in capsys.readouterr().err
+    code, lines = g.golden_command(check=str(out), reference=str(GOLDEN))
+    assert code == 1 and "first failing tensor: gpt_f32/grad.ln_f.w" in lines[-1]
+    assert capsys.readouterr().out == ""                                                       # it prints nothing
+    with pytest.raises(InputError, match="golden needs exactly one of"):
+        g.golden_command()
+    with pytest.raises(InputError, match="unknown --impl"):
+        g.golden_command(check=str(out), impl="numba")
 
 
-def test_port_check_example_runs():
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / "port_check.py"), str(GOLDEN)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "gpt_f64                                  output.logits" in r.stdout and "PASS" in r.stdout
+def test_golden_command_computes_under_the_implementation_asked_for(monkeypatch, tmp_path):
+    """golden_command enters ops.using(impl) around every computation (a recording stand-in here)."""
+    seen = []
+
+    @contextlib.contextmanager
+    def using(impl):
+        seen.append(("enter", impl))
+        yield
+        seen.append(("exit", impl))
+    monkeypatch.setattr(ops, "using", using, raising=False)
+    monkeypatch.setattr(g.command, "check_bundle", lambda check, reference: seen.append(("check", check)) or
+                        {"ok": True, "entries": [], "skipped": [], "reference": "fresh", "first_failure": None})
+    code, lines = g.golden_command(check=str(tmp_path), impl="ref")
+    assert code == 0 and seen == [("enter", "ref"), ("check", str(tmp_path)), ("exit", "ref")]
+
+
+@pytest.mark.skipif(not hasattr(ops, "using"), reason="ops.using not available yet")
+def test_reference_implementation_recomputes_every_case():
+    """alh-ref golden --check tests/golden --impl ref: every case recomputed on the NumPy twins alone."""
+    code, lines = g.golden_command(check=str(GOLDEN), impl="ref")
+    assert code == 0, "\n".join(lines[-5:])
+    assert lines[-1].startswith(f"PASS: {sum(len(c['tensors']) for c in g.read_manifest(GOLDEN)['cases'].values())} tensors")
+    assert ops.current() == "fast"                                                             # restored on exit
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,12 +322,14 @@ def _max_share(report, prefixes=("output.", "alh.", "grad.", "train.")):
 def test_reordered_reductions_use_little_of_the_tolerance(monkeypatch):
     """The NumPy twins sum in other orders (pairwise sums, batched-matmul attention) than the Numba
     kernels, like another implementation would: they must stay far inside the tolerance."""
-    for mod in (model, adapted, encoders):
-        for name, fn in _TWINS.items():
-            if hasattr(mod, name):
-                monkeypatch.setattr(mod, name, fn)
+    if not hasattr(ops, "using"):
+        for mod in (model, adapted, encoders):
+            for name, fn in _TWINS.items():
+                if hasattr(mod, name):
+                    monkeypatch.setattr(mod, name, fn)
     cases = ["gpt_f64", "gpt_f32", "alh_householder_both_transformer", "alh_lowrank_both_mean", "train_gpt_f64"]
-    report = g.check_bundle(GOLDEN, cases=cases)
+    with ops.using("ref") if hasattr(ops, "using") else contextlib.nullcontext():
+        report = g.check_bundle(GOLDEN, cases=cases)
     assert report["ok"]
     assert _max_share(report) < 0.1                                # measured: 0.034 (gpt_f32 logits)
     f64 = [e["share"] for e in report["entries"] if e["case"] != "gpt_f32" and "share" in e]
@@ -312,7 +340,8 @@ def test_parameter_perturbation_at_rounding_level_stays_inside(tmp_path):
     """Parameters * (1 + 1e-15 N(0,1)) (float32: 1e-7) -- several ulps, more than rounding -- move
     every output, gradient and 5-step training result by well under the tolerance."""
     rng = np.random.default_rng(0)
-    cases = ["gpt_f64", "gpt_f32", "alh_householder_both_transformer", "train_gpt_f64", "train_alh_householder_f64"]
+    cases = ["gpt_f64", "gpt_f32", "alh_householder_both_transformer", "train_gpt_f64", "train_alh_householder_f64",
+             "train_alh_lowrank_clip_f64"]
     for name in cases:
         ref = stnp.load_file(str(GOLDEN / f"{name}.safetensors"))
         p = {k: v for k, v in ref.items() if k.startswith("param.")}
@@ -330,15 +359,125 @@ def test_training_tolerance_absorbs_gradient_noise(monkeypatch):
     there; the attention key bias has an exactly-zero gradient). Model a port whose every gradient
     element is off by 1e-15 * max|g| of its tensor at every step: the 5-step results stay inside."""
     rng = np.random.default_rng(1)
-    train = g._train
+    train = golden_cases._train
 
-    def noisy(params, names, loss_and_grads, xs, ys):
+    def noisy(params, names, loss_and_grads, xs, ys, opt_cfg):
         def lg(x, y):
             loss, grads = loss_and_grads(x, y)
             return loss, {n: a + 1e-15 * np.abs(a).max() * rng.standard_normal(a.shape) for n, a in grads.items()}
-        return train(params, names, lg, xs, ys)
-    monkeypatch.setattr(g, "_train", noisy)
-    report = g.check_bundle(GOLDEN, cases=["train_gpt_f64", "train_alh_householder_f64"])
+        return train(params, names, lg, xs, ys, opt_cfg)
+    monkeypatch.setattr(golden_cases, "_train", noisy)
+    report = g.check_bundle(GOLDEN, cases=["train_gpt_f64", "train_alh_householder_f64", "train_alh_lowrank_clip_f64"])
     assert report["ok"]
     assert _max_share(report) < 0.1                                # measured: 0.026; at 1e-14 * max|g|: 0.26
     assert _max_share(report) > 1e-4                               # the noise did reach the results
+
+
+# ----------------------------------------------------------------------------------------------
+# What the intermediates and step-0 gradients are (docs/golden.md section 3)
+
+def test_intermediates_are_the_residual_stream_final_layernorm_and_dlogits():
+    t = stnp.load_file(str(GOLDEN / "gpt_f64.safetensors"))
+    L, (B, T, V) = 2, t["output.logits"].shape
+    keys = [e["key"] for e in g.read_manifest(GOLDEN)["cases"]["gpt_f64"]["tensors"]]
+    assert keys[keys.index("input.y") + 1:keys.index("grad.ln_f.b")] == (
+        [f"act.h.{l}" for l in range(L)] + ["act.ln_f", "output.logits", "output.loss", "dlogits"])
+    h = t[f"act.h.{L - 1}"]
+    mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)                            # (B,T,1)
+    ln_f = (h - mu) / np.sqrt(var + 1e-5) * t["param.ln_f.w"] + t["param.ln_f.b"]           # (B,T,C)
+    np.testing.assert_allclose(t["act.ln_f"], ln_f, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(t["output.logits"], t["act.ln_f"] @ t["param.wte"].T, rtol=1e-12, atol=1e-12)
+    p = np.exp(t["output.logits"] - t["output.logits"].max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)                                                            # (B,T,V)
+    onehot = np.eye(V)[t["input.y"]]                                                         # (B,T,V)
+    np.testing.assert_allclose(t["dlogits"], (p - onehot) / (B * T), rtol=1e-10, atol=1e-14)
+    assert not np.allclose(t["act.h.0"], t["act.h.1"])
+
+
+def test_step0_gradients_are_the_unclipped_gradients_of_step_0():
+    """train.step0.grad.* tells optimizer bugs from gradient bugs: it is the gradient at the initial
+    parameters on train.x[0], and train.grad_norm[0] is its global norm."""
+    t = stnp.load_file(str(GOLDEN / "train_gpt_f64.safetensors"))
+    params = {k[len("param."):]: v.copy() for k, v in t.items() if k.startswith("param.")}
+    loss, grads = golden_cases.gpt_loss_and_grads(params, golden_cases.GPT_CFG, t["train.x"][0], t["train.y"][0])
+    assert loss == pytest.approx(t["train.losses"][0], rel=1e-12)
+    for n, gr in grads.items():
+        np.testing.assert_allclose(t["train.step0.grad." + n], gr, rtol=1e-9, atol=1e-12, err_msg=n)
+    norm = np.sqrt(sum((t[k] ** 2).sum() for k in t if k.startswith("train.step0.grad.")))
+    assert norm == pytest.approx(t["train.grad_norm"][0], rel=1e-12)
+    for name in ("train_alh_householder_f64", "train_alh_lowrank_clip_f64"):
+        keys = {e["key"] for e in g.read_manifest(GOLDEN)["cases"][name]["tensors"]}
+        assert {k[len("train.step0.grad."):] for k in keys if k.startswith("train.step0.grad.")} == \
+            set(g.read_manifest(GOLDEN)["cases"][name]["trainable"])
+
+
+class _NormWithoutClipConstant(float):
+    """A gradient norm n with n + 1e-6 == n: AdamW.step's clip factor becomes grad_clip / n."""
+
+    def __add__(self, other):
+        return float(self)
+
+    __radd__ = __add__
+
+
+def test_dropping_the_clip_constant_is_caught(monkeypatch):
+    """train_alh_lowrank_clip_f64 starts next to the low-rank saddle: step 0's gradient norm (2.1e-6)
+    is of the order of the 1e-6 in min(1, grad_clip / (norm + 1e-6)), so dropping it is visible.
+    The other training cases do not see it (measured shares 0.15 and 0.08, docs/golden.md section 8)."""
+    for fn in ("global_grad_norm", "global_grad_norm_ref"):
+        if hasattr(optim, fn):
+            real = getattr(optim, fn)
+            monkeypatch.setattr(optim, fn, lambda grads, names, real=real: _NormWithoutClipConstant(real(grads, names)))
+    report = g.check_bundle(GOLDEN, cases=["train_gpt_f64", "train_alh_lowrank_clip_f64"])
+    assert report["first_failure"] == "train_alh_lowrank_clip_f64/train.losses"
+    assert _entry(report, "train_alh_lowrank_clip_f64", "train.final.alh.head.w")["share"] > 100
+    assert _entry(report, "train_alh_lowrank_clip_f64", "train.step0.grad.alh.head.w")["share"] == 0.0
+    assert max(e["share"] for e in report["entries"] if e["case"] == "train_gpt_f64") < 1    # measured 0.15
+    spec = g.read_manifest(GOLDEN)["cases"]["train_alh_lowrank_clip_f64"]
+    assert spec["train"]["optimizer"]["grad_clip"] == 1e-6
+    norms = stnp.load_file(str(GOLDEN / "train_alh_lowrank_clip_f64.safetensors"))["train.grad_norm"]
+    assert norms[0] < 1e-5 and (norms > 1e-6).all()                                          # every step is clipped
+
+
+# ----------------------------------------------------------------------------------------------
+# The standalone checker: numpy and safetensors only
+
+CHECKER = GOLDEN / "check_bundle.py"
+# -I: isolated (no PYTHONPATH, no user site, no cwd on sys.path); the stub makes "import alh_ref" and numba fail
+_ISOLATED = ("import runpy, sys; sys.modules['alh_ref'] = None; sys.modules['numba'] = None; "
+             "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def _run_checker(*args):
+    return subprocess.run([sys.executable, "-I", "-c", _ISOLATED, str(CHECKER), *map(str, args)],
+                          capture_output=True, text=True, cwd="/", timeout=120)
+
+
+def test_standalone_checker_passes_a_correct_bundle_and_locates_a_mutation(copy_of):
+    port = copy_of("gpt_f64", "train_gpt_f64")
+    r = _run_checker(port)
+    assert r.returncode == 0, r.stdout + r.stderr
+    n = sum(len(g.read_manifest(GOLDEN)["cases"][c]["tensors"]) for c in ("gpt_f64", "train_gpt_f64"))
+    assert r.stdout.splitlines()[-1].startswith(f"PASS: {n} tensors in 2 case(s)")
+    assert "skipped (no file in the checked folder): gpt_f32" in r.stdout
+    ref = stnp.load_file(str(GOLDEN / "gpt_f64.safetensors"))
+    _edit(port, "gpt_f64", lambda t: _set(t, "act.h.1", (1, 3, 7), ref["act.h.1"][1, 3, 7] + 1e-6))
+    r = _run_checker(port)
+    assert r.returncode == 1
+    assert r.stdout.splitlines()[-1].startswith("FAIL") and "first failing tensor: gpt_f64/act.h.1" in r.stdout
+    line = next(l for l in r.stdout.splitlines() if " act.h.1 " in l)
+    assert "(1, 3, 7)" in line and "FAIL out of tolerance" in line
+    assert _run_checker(port / "nope").returncode == 2
+
+
+def test_standalone_checker_agrees_with_alh_ref(copy_of):
+    """Two implementations of docs/golden.md section 7: the same rows, statistics and verdicts."""
+    port = copy_of("gpt_f64", "alh_householder_both_mean")
+    _edit(port, "gpt_f64", lambda t: (t.pop("grad.wpe"), _set(t, "dlogits", (0, 2, 5), t["dlogits"][0, 2, 5] * 1.01)))
+    mine = g.format_report(g.check_bundle(port, reference=GOLDEN)).splitlines()
+    r = _run_checker(port)
+    assert r.returncode == 1
+    theirs = r.stdout.splitlines()
+    assert len(theirs) == len(mine)
+    assert theirs[2:-1] == mine[2:-1]                       # per-tensor lines, identical text
+    assert "first failing tensor: gpt_f64/dlogits" in theirs[-1] and "first failing tensor: gpt_f64/dlogits" in mine[-1]

@@ -142,6 +142,20 @@ def test_determinism_and_sensitivity():
     assert train_bpe(TRAIN_TEXT, 350, special_tokens=("<|eot|>",)).sha256 != a.sha256
 
 
+def test_documents_of_two_corpora_train_one_tokenizer():
+    a = ["The quick brown fox jumps.", "A lazy dog sleeps."] * 20
+    b = ["def add(a, b):\n    return a + b\n", "x = [i * i for i in range(9)]"] * 20
+    ab = train_bpe(a + b, 320)
+    assert train_bpe(b + a, 320).sha256 == ab.sha256                        # order of documents is irrelevant
+    assert train_bpe(iter(a + b), 320).sha256 == ab.sha256                  # any iterable of documents
+    assert train_bpe(tuple(a) + tuple(b), 320).sha256 == ab.sha256
+    assert train_bpe(a, 320).sha256 != ab.sha256
+    assert len(ab.encode("def add(a, b):")) < len(train_bpe(a, 320).encode("def add(a, b):"))
+    for bad in (42, None, ["ok", 3]):
+        with pytest.raises(InputError, match="expected"):
+            train_bpe(bad, 320)
+
+
 def test_decode_rejects_bad_ids(tok):
     with pytest.raises(InputError, match="out of range"):
         tok.decode([1, tok.n_vocab])

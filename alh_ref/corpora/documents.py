@@ -136,3 +136,50 @@ def encode_documents(tokenizer, documents: list[str]) -> np.ndarray:
     eot = np.array([tokenizer.eot_id], dtype=np.int32)          # (1,)
     parts = [p for d in documents for p in (tokenizer.encode(d), eot)]   # [(T_0,), (1,), (T_1,), (1,), ...]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)   # -> (N_tok,)
+
+
+def split_sizes(splits: dict[str, Corpus]) -> dict[str, dict[str, int]]:
+    """Documents and characters of each split, e.g. for a run manifest.
+
+    Parameters
+    ----------
+    splits : dict[str, Corpus]
+        As returned by :func:`split_documents` (any subset of its keys).
+
+    Returns
+    -------
+    dict[str, dict[str, int]]
+        ``{split: {"docs": n_documents, "chars": n_characters}}``, in the order of ``splits``.
+    """
+    return {s: {"docs": len(c.documents), "chars": sum(map(len, c.documents))} for s, c in splits.items()}
+
+
+def require_split_sizes(splits: dict[str, Corpus], min_docs: int = 10, what: str = "corpus") -> dict[str, Corpus]:
+    """Refuse splits holding fewer than ``min_docs`` documents (too few for a held-out estimate).
+
+    Parameters
+    ----------
+    splits : dict[str, Corpus]
+        As returned by :func:`split_documents` (any subset of its keys is checked).
+    min_docs : int
+        Fewest documents each split must hold.
+    what : str
+        What the corpus is used for, named in the message (e.g. ``"domain B"``).
+
+    Returns
+    -------
+    dict[str, Corpus]
+        ``splits`` unchanged.
+
+    Raises
+    ------
+    InputError
+        At the first split that is too small, naming the corpus, the split, its count and ``min_docs``.
+    """
+    for s, c in splits.items():
+        if len(c.documents) < min_docs:
+            parent = c.meta.get("parent", c.name)
+            raise InputError(f"{what}: the {s} split of corpus {parent!r} holds {len(c.documents)} document(s) "
+                             f"at fractions {c.meta.get('fractions')}; expected at least {min_docs} (use a larger "
+                             "corpus, more documents, or other fractions)")
+    return splits

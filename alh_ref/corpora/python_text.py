@@ -1,4 +1,4 @@
-"""The standard-library corpora: pydoc topics, docstrings, and pycode (module source, docstrings stripped).
+"""The standard-library corpora: pydoc topics, docstrings, and pycode (functions, classes and module code, docstrings stripped).
 
 They depend on the Python version (``meta['python']``); their fingerprints are stable for one version.
 """
@@ -8,6 +8,7 @@ import ast
 import importlib
 import inspect
 import platform
+import re
 import tokenize
 import warnings
 
@@ -34,10 +35,49 @@ def _python_meta(kind: str, modules=()) -> dict:
     return meta
 
 
+_SECTION = re.compile(r"^(?=[^\n]*\S[^\n]*\n=+$)", re.M)   # before a line underlined with "=" (a section title)
+
+
+def pydoc_sections(topic: str) -> list[str]:
+    """One pydoc topic cut before each section heading (a non-blank line underlined with ``=``).
+
+    Only a full-width underline counts (``len(underline) == len(title)``). Pieces keep their text
+    exactly, surrounding whitespace stripped; whitespace-only pieces are dropped.
+
+    Parameters
+    ----------
+    topic : str
+        Text of one ``pydoc_data.topics.topics`` entry.
+
+    Returns
+    -------
+    list of str
+        The leading part (topic title, underlined with ``*``, and its introduction), then one
+        document per section.
+    """
+    cuts = [m.start() for m in _SECTION.finditer(topic)
+            if len(topic[m.start():].split("\n", 2)[1]) == len(topic[m.start():].split("\n", 1)[0])]
+    bounds = [0] + cuts + [len(topic)]
+    return [p for a, b in zip(bounds, bounds[1:]) if (p := topic[a:b].strip())]
+
+
 def pydoc_documents() -> list[str]:
-    """Reference-manual topics of ``pydoc_data.topics.topics``, one document per topic, sorted by key."""
+    """Reference-manual prose of ``pydoc_data.topics.topics``, one document per section (:func:`pydoc_sections`).
+
+    Topics are taken in sorted key order, sections in text order; a text equal to an earlier
+    document is dropped.
+
+    Returns
+    -------
+    list of str
+    """
     from pydoc_data.topics import topics
-    return [topics[k] for k in sorted(topics)]
+    return _distinct(p for k in sorted(topics) for p in pydoc_sections(topics[k]))
+
+
+def _distinct(texts) -> list[str]:
+    """The texts in order, each distinct one once (at its first occurrence)."""
+    return list(dict.fromkeys(texts))
 
 
 def _own_module(obj, modname: str) -> bool:
@@ -122,8 +162,43 @@ def strip_docstrings(source: str) -> str:
     return ast.unparse(tree) + "\n"
 
 
+MIN_REST_CHARS = 200      # a module's code outside its functions/classes is a document from this many characters
+
+
+def module_units(source: str, min_rest_chars: int = MIN_REST_CHARS) -> list[str]:
+    """One module's source cut into documents: its remaining top-level code, then each top-level def/class.
+
+    The source is first cleaned with :func:`strip_docstrings`. Every top-level ``def``,
+    ``async def`` and ``class`` statement (with its decorators) is one document, in source order;
+    the other top-level statements (imports, assignments, ``if __name__ == ...`` blocks) together
+    form one more document, placed first, if their ``ast.unparse`` has at least
+    ``min_rest_chars`` characters.
+
+    Parameters
+    ----------
+    source : str
+        Python module source.
+    min_rest_chars : int
+        Size from which the remaining top-level code is kept.
+
+    Returns
+    -------
+    list of str
+        Each ends with a newline and is valid Python on its own (``ast.parse`` accepts it).
+    """
+    tree = ast.parse(strip_docstrings(source))
+    defs = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    units = [ast.unparse(n) + "\n" for n in tree.body if isinstance(n, defs)]
+    rest = ast.unparse(ast.Module([n for n in tree.body if not isinstance(n, defs)], type_ignores=[]))
+    return ([rest + "\n"] if len(rest) >= min_rest_chars else []) + units
+
+
 def pycode_documents(modules=PYCODE_MODULES) -> list[str]:
-    """Source of each module file (``inspect.getsourcefile``), docstrings and comments stripped.
+    """Source of each module file cut at function/class level (:func:`module_units`), distinct texts once.
+
+    Each module is found with ``inspect.getsourcefile`` and read with ``tokenize.open`` (which
+    honours a coding cookie). Documents come in module order, then source order; a text equal to
+    an earlier one is dropped (so no copy can fall in another split).
 
     Parameters
     ----------
@@ -133,13 +208,12 @@ def pycode_documents(modules=PYCODE_MODULES) -> list[str]:
     Returns
     -------
     list of str
-        One document per module, in the order given.
     """
     docs = []
     for modname in modules:
         path = inspect.getsourcefile(importlib.import_module(modname))
         if path is None:
             raise RunError(f"no Python source file for stdlib module {modname!r}; expected a full Python install")
-        with tokenize.open(path) as f:      # honours the file's coding cookie
-            docs.append(strip_docstrings(f.read()))
-    return docs
+        with tokenize.open(path) as f:
+            docs += module_units(f.read())
+    return _distinct(docs)

@@ -2,6 +2,8 @@
 
 What is checked. For every transform family x site (input, output, both) x out_context (current,
 prev) x context encoder (transformer, mean, static), and for the side head with every encoder,
+under each implementation (``ops.using("fast")``: the Numba kernels; ``ops.using("ref")``: the
+NumPy twins of every op, encoder and transform; the IMPLS table names each family's pair),
 the analytic gradient of EVERY hypernetwork tensor (the names of ``alh_param_shapes``; the test
 asserts that each one is checked) from ``alh_backward(..., dloss=dloss)`` is compared with
 centered differences of ``dloss * loss`` from ``alh_forward``, where loss is the mean
@@ -41,7 +43,12 @@ from alh_ref.alh.adapted import (OUT_CONTEXTS, SITES, ALHConfig, alh_backward, a
                                  alh_param_shapes)
 from alh_ref.alh.encoders import ENCODERS
 from alh_ref.alh.methods import make_method
-from alh_ref.alh.transforms import FAMILIES, transform_backward, transform_forward
+from alh_ref import ops
+from alh_ref.alh.film import film_backward, film_forward
+from alh_ref.alh.householder import (householder_backward_fast, householder_backward_ref, householder_forward_fast,
+                                     householder_forward_ref)
+from alh_ref.alh.lowrank import lowrank_backward_fast, lowrank_backward_ref, lowrank_forward_fast, lowrank_forward_ref
+from alh_ref.alh.transforms import FAMILIES
 from alh_ref.gradcheck import check_named, numerical_grad
 from alh_ref.model import GPTConfig, init_params, param_shapes
 
@@ -53,6 +60,17 @@ B, T = 3, 5
 BCFG = GPTConfig(vocab_size=11, block_size=6, n_layer=1, n_head=2, n_embd=6)   # block_size > T: wpe is sliced
 ALH_DIMS = {"D": 4, "n_layer": 1, "n_head": 2, "K": 4, "R": 2}
 COMBOS = [(f, s, o, e) for f in FAMILIES for s in SITES for o in OUT_CONTEXTS for e in ENCODERS]
+
+# Each family's two implementations, (forward, backward): the Numba kernels and their NumPy twins
+# (film is elementwise NumPy, one implementation). The end-to-end checks run each under
+# ops.using(impl), which routes every op, encoder and transform to that implementation.
+IMPLS = {
+    "householder": {"fast": (householder_forward_fast, householder_backward_fast),
+                    "ref": (householder_forward_ref, householder_backward_ref)},
+    "lowrank": {"fast": (lowrank_forward_fast, lowrank_backward_fast),
+                "ref": (lowrank_forward_ref, lowrank_backward_ref)},
+    "film": {"fast": (film_forward, film_backward), "ref": (film_forward, film_backward)},
+}
 
 
 def _seed(*key):
@@ -121,17 +139,21 @@ def check_alh(acfg, seed):
     return errs
 
 
+@pytest.mark.parametrize("impl", ops.IMPLS)
 @pytest.mark.parametrize("family,site,out_context,encoder", COMBOS, ids=["-".join(c) for c in COMBOS])
-def test_alh_hypernetwork_grad(family, site, out_context, encoder):
+def test_alh_hypernetwork_grad(family, site, out_context, encoder, impl):
     acfg = ALHConfig(family=family, site=site, out_context=out_context, encoder=encoder, **ALH_DIMS)
-    errs = check_alh(acfg, _seed(family, site, out_context, encoder))
+    with ops.using(impl):
+        errs = check_alh(acfg, _seed(family, site, out_context, encoder))
     assert max(errs.values()) <= TOL, errs
 
 
+@pytest.mark.parametrize("impl", ops.IMPLS)
 @pytest.mark.parametrize("encoder", ENCODERS)
-def test_side_head_grad(encoder):
+def test_side_head_grad(encoder, impl):
     acfg = ALHConfig(encoder=encoder, head="side", **ALH_DIMS)
-    errs = check_alh(acfg, _seed("side", encoder))
+    with ops.using(impl):
+        errs = check_alh(acfg, _seed("side", encoder))
     assert {"alh.side.w", "alh.side.b"} <= set(errs)
     assert max(errs.values()) <= TOL, errs
 
@@ -187,13 +209,15 @@ def test_structural_zero_gradients():
     assert np.abs(grads["alh.enc.h.0.attn.c_attn.b"][:D]).max() > 1e-6
 
 
+@pytest.mark.parametrize("impl", ops.IMPLS)
 @pytest.mark.parametrize("transpose", [False, True], ids=["input", "output"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_transform_grad(family, transpose):
-    """transform_backward against differences of L = sum(y * G) + sum(off * g), every entry.
+def test_transform_grad(family, transpose, impl):
+    """Each family's backward (kernel and twin) against differences of L = sum(y * G) + sum(off * g), every entry.
 
     The only check of film's output offset off = z . beta with a nonzero dL/doff.
     """
+    fwd, bwd = IMPLS[family][impl]
     rng = np.random.default_rng(_seed("transform", family, str(transpose)))
     S, C, J, R = 4, 6, 2, 2
     theta = {"householder": {"v": rng.standard_normal((B, S, J, C)), "a": rng.standard_normal((J, C))},
@@ -205,12 +229,12 @@ def test_transform_grad(family, transpose):
     params = dict(theta, e=e)
 
     def f():
-        y, off, _ = transform_forward(family, {k: params[k] for k in theta}, params["e"], transpose)
+        y, off, _ = fwd({k: params[k] for k in theta}, params["e"], transpose)
         return float((y * G).sum() + (0.0 if off is None else (off * g).sum()))
 
-    _, off, cache = transform_forward(family, theta, e, transpose)
+    _, off, cache = fwd(theta, e, transpose)
     assert (off is not None) == (family == "film" and transpose)
-    dtheta, de = transform_backward(G, g if off is not None else None, cache)
+    dtheta, de = bwd(G, g if off is not None else None, cache)
     analytic = dict(dtheta, e=de)
     assert set(analytic) == set(params)
     errs = check_named(f, params, analytic, list(params), h=H, floor=FLOOR)

@@ -135,7 +135,10 @@ def test_identity_at_init(family, site, out_context, encoder, seed, d):
     ids = ids_for(rng, d)                                                               # (B,T)
     ref, _, _ = gpt_forward(base, bcfg, ids)                                            # (B,T,V)
     logits, _, _ = alh_forward(base, hyp, bcfg, acfg, ids)                              # (B,T,V)
-    np.testing.assert_allclose(logits, ref, rtol=0, atol=1e-12 * max(1.0, np.abs(ref).max()))
+    # Not exact: H(a^) H(a^) = I only up to rounding, and that rounding passes through the whole base
+    # model (seen: 1.8e-12 of scale, seed 8707). 1e-10 of scale is still ~10 orders below a real
+    # departure from the identity (O(1) differences in the logits).
+    np.testing.assert_allclose(logits, ref, rtol=0, atol=1e-10 * max(1.0, np.abs(ref).max()))
 
 
 # ----------------------------------------------------------------------------------------------

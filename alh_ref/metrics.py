@@ -245,7 +245,7 @@ def alh_effective_dictionary_metrics(method, x_eval, n_positions=16, seed=0, E_r
     wte = method.base["wte"]
     E_ref = wte if E_ref is None else E_ref
     _, _, cache = method.forward(x_eval)
-    theta = cache["theta"]
+    theta = cache.theta
     B, T = x_eval.shape
     rng = np.random.default_rng(seed)
     n = min(int(n_positions), B * T)

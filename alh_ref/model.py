@@ -80,9 +80,22 @@ def embed_forward(params, ids):
     return embedding_forward(ids, params["wte"])  # (B,T) -> (B,T,C)
 
 
-def embed_backward(dtok, cache):
-    """dwte (V,C) = scatter-add of dtok (B,T,C) into the rows named by ids (see ops.embedding)."""
-    return embedding_backward(dtok, cache)
+def embed_backward(dtok, cache, *, frozen=frozenset()):
+    """Backward of :func:`embed_forward`.
+
+    Parameters
+    ----------
+    dtok : ndarray (B,T,C)   dL/dtok
+    cache : from embed_forward
+    frozen : set of names; a frozen ``wte`` skips the scatter-add
+
+    Returns
+    -------
+    grads : dict  {"wte": (V,C)} (empty when frozen)   dwte[v] = sum of dtok over the positions with ids = v
+    """
+    if "wte" in frozen:
+        return {}
+    return {"wte": embedding_backward(dtok, cache)}                                             # (B,T,C) -> (V,C)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,6 +112,33 @@ class BlockCache(NamedTuple):
     c_fc: tuple             # linear (x2, w)
     gelu: tuple             # gelu (f,)
     mlp_proj: tuple         # linear (g, w)
+    l: int                  # the block's index (its parameters are named h.{l}.*)
+
+
+class BodyCache(NamedTuple):
+    """What :func:`body_backward` reads."""
+
+    blocks: list            # one BlockCache per block, in forward order
+    ln_f: tuple             # layernorm cache of the final LayerNorm
+    T: int                  # positions used (wpe rows 0..T-1)
+    block_size: int         # rows of wpe (its gradient's shape)
+
+
+class HeadCache(NamedTuple):
+    """What :func:`head_backward` reads."""
+
+    z: np.ndarray           # (B,T,C) the final hidden state
+    name: str               # "wte" (tied) or "lm_head.w"
+    w: np.ndarray           # the dictionary: wte (V,C) or lm_head.w (C,V)
+
+
+class GPTCache(NamedTuple):
+    """The stage caches of :func:`gpt_forward`, in forward order (what :func:`gpt_backward` reads)."""
+
+    emb: tuple              # embedding cache, or None when the latents were passed in
+    body: BodyCache
+    head: HeadCache
+    loss: list              # softmax_cross_entropy cache, or None without targets
 
 
 def block_forward(params, l, h, NH):
@@ -125,25 +165,26 @@ def block_forward(params, l, h, NH):
     g, c_g = gelu_forward(f)                                                                    # (B,T,4C)
     mo, c_mo = linear_forward(g, params[p + "mlp.c_proj.w"], params[p + "mlp.c_proj.b"])        # (B,T,4C) -> (B,T,C)
     h_out = a + mo                                                                              # (B,T,C)
-    return h_out, BlockCache(c_ln1, c_qkv, c_att, c_ao, c_ln2, c_fc, c_g, c_mo)
+    return h_out, BlockCache(c_ln1, c_qkv, c_att, c_ao, c_ln2, c_fc, c_g, c_mo, l)
 
 
-def block_backward(dh_out, cache, l, grads, frozen=frozenset()):
-    """Backward of :func:`block_forward`; writes the block's parameter gradients into ``grads``.
+def block_backward(dh_out, cache, *, frozen=frozenset()):
+    """Backward of :func:`block_forward`.
 
     Parameters
     ----------
     dh_out : ndarray (B,T,C)   dL/dh_out
-    cache : from block_forward;  l : int block index
-    grads : dict to fill with name -> gradient (same shape as the parameter)
+    cache : BlockCache from block_forward
     frozen : set of names whose gradients are not computed (the matmul dW is skipped, not discarded)
 
     Returns
     -------
+    grads : dict name -> gradient (same shape as the parameter) for the block's names not in ``frozen``
     dh : ndarray (B,T,C)   dL/dh (through both residual branches)
     """
-    c_ln1, c_qkv, c_att, c_ao, c_ln2, c_fc, c_g, c_mo = cache
+    c_ln1, c_qkv, c_att, c_ao, c_ln2, c_fc, c_g, c_mo, l = cache
     p = f"h.{l}."
+    grads = {}
 
     def need(name):
         """Compute (w, b) gradients of a sub-layer unless both are frozen (db costs nothing extra)."""
@@ -173,7 +214,7 @@ def block_backward(dh_out, cache, l, grads, frozen=frozenset()):
     dh, dw, db = layernorm_backward(dx1, c_ln1, need_dw=need("ln_1"))                           # (B,T,C)
     put("ln_1", dw, db)
     dh += da                                                                                    # residual: a = h + ao
-    return dh
+    return grads, dh
 
 
 def body_forward(params, cfg, tok):
@@ -187,7 +228,7 @@ def body_forward(params, cfg, tok):
     Returns
     -------
     z : ndarray (B,T,C)     z = LN_f(blocks(tok + wpe[0..T-1]))
-    cache : tuple
+    cache : BodyCache
     """
     T = tok.shape[1]
     h = tok + params["wpe"][:T]                                                                 # (B,T,C) + (T,C)
@@ -196,35 +237,37 @@ def body_forward(params, cfg, tok):
         h, c = block_forward(params, l, h, cfg.n_head)                                          # (B,T,C)
         caches.append(c)
     z, c_lnf = layernorm_forward(h, params["ln_f.w"], params["ln_f.b"])                         # (B,T,C)
-    return z, (caches, c_lnf, T)
+    return z, BodyCache(caches, c_lnf, T, cfg.block_size)
 
 
-def body_backward(dz, cache, cfg, grads, frozen=frozenset()):
+def body_backward(dz, cache, *, frozen=frozenset()):
     """Backward of :func:`body_forward`.
 
     Parameters
     ----------
     dz : ndarray (B,T,C)   dL/dz
-    cache : from body_forward;  cfg : GPTConfig
-    grads : dict filled with the gradients of wpe, every block parameter and ln_f (unless frozen)
+    cache : BodyCache from body_forward
     frozen : set of parameter names to skip
 
     Returns
     -------
+    grads : dict   the gradients of ln_f, every block parameter and wpe (Tmax,C), minus ``frozen``
     dtok : ndarray (B,T,C)   dL/dtok, the gradient with respect to the input latents
     """
-    caches, c_lnf, T = cache
+    caches, c_lnf, T, block_size = cache
+    grads = {}
     dh, dw, db = layernorm_backward(dz, c_lnf, need_dw=not {"ln_f.w", "ln_f.b"} <= frozen)      # (B,T,C)
     for n, g in (("ln_f.w", dw), ("ln_f.b", db)):
         if g is not None and n not in frozen:
             grads[n] = g
-    for l in reversed(range(cfg.n_layer)):
-        dh = block_backward(dh, caches[l], l, grads, frozen)                                    # (B,T,C)
+    for c in reversed(caches):
+        g, dh = block_backward(dh, c, frozen=frozen)                                            # (B,T,C)
+        grads.update(g)
     if "wpe" not in frozen:
-        dwpe = np.zeros((cfg.block_size, dh.shape[-1]), dtype=dh.dtype)                         # (Tmax,C)
+        dwpe = np.zeros((block_size, dh.shape[-1]), dtype=dh.dtype)                             # (Tmax,C)
         dwpe[:T] = dh.sum(axis=0)                                                               # (B,T,C) -> (T,C); inverts + wpe[:T]
         grads["wpe"] = dwpe
-    return dh                                                                                   # h = tok + wpe: dtok = dh
+    return grads, dh                                                                            # h = tok + wpe: dtok = dh
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,32 +283,33 @@ def head_forward(params, cfg, z):
     Returns
     -------
     logits : ndarray (B,T,V)   logits = z @ wte^T (tied) or z @ lm_head.w
-    cache : tuple (z, name of the dictionary)
+    cache : HeadCache
     """
     B, T, C = z.shape
     z2 = z.reshape(B * T, C)                                                                    # (B,T,C) -> (N,C): one 2-D BLAS call
     if cfg.tied:
         logits = z2 @ params["wte"].T                                                           # (N,C) @ (C,V) -> (N,V)
-        return logits.reshape(B, T, -1), (z, "wte")                                             # (N,V) -> (B,T,V)
+        return logits.reshape(B, T, -1), HeadCache(z, "wte", params["wte"])                     # (N,V) -> (B,T,V)
     logits = z2 @ params["lm_head.w"]                                                           # (N,C) @ (C,V) -> (N,V)
-    return logits.reshape(B, T, -1), (z, "lm_head.w")                                           # (N,V) -> (B,T,V)
+    return logits.reshape(B, T, -1), HeadCache(z, "lm_head.w", params["lm_head.w"])             # (N,V) -> (B,T,V)
 
 
-def head_backward(dlogits, cache, params, grads, frozen=frozenset()):
+def head_backward(dlogits, cache, *, frozen=frozenset()):
     """Backward of :func:`head_forward`.
 
     Parameters
     ----------
-    dlogits : ndarray (B,T,V)
-    grads : dict; the dictionary's gradient is *added* to grads[name] if present (wte is shared
-        with the input lookup), else stored.
+    dlogits : ndarray (B,T,V)   dL/dlogits
+    cache : HeadCache from head_forward
+    frozen : set of names; a frozen dictionary skips its dW matmul
 
     Returns
     -------
+    grads : dict  {name: dW} (empty when frozen): dwte (V,C) = dlogits^T z (tied) or dlm_head.w (C,V) = z^T dlogits
     dz : ndarray (B,T,C)   dz = dlogits @ wte (tied) or dlogits @ lm_head.w^T
     """
-    z, name = cache
-    W = params[name]
+    z, name, W = cache
+    grads = {}
     V = dlogits.shape[-1]
     d2 = dlogits.reshape(-1, V)                                                                 # (N,V)
     if name == "wte":
@@ -277,8 +321,8 @@ def head_backward(dlogits, cache, params, grads, frozen=frozenset()):
         if name not in frozen:
             dW = z.reshape(-1, z.shape[-1]).T @ d2                                              # (C,N) @ (N,V) -> (C,V)
     if name not in frozen:
-        grads[name] = grads[name] + dW if name in grads else dW
-    return dz.reshape(z.shape)
+        grads[name] = dW
+    return grads, dz.reshape(z.shape)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,7 +344,7 @@ def gpt_forward(params, cfg, ids, targets=None, ignore=None, tok=None):
     -------
     logits : ndarray (B,T,V)
     loss : scalar or None                  mean over counted positions of -log softmax(logits)[y]
-    cache : tuple
+    cache : GPTCache
     """
     V = cfg.vocab_size
     check_ids(ids, V, "ids", cfg.block_size)
@@ -315,17 +359,17 @@ def gpt_forward(params, cfg, ids, targets=None, ignore=None, tok=None):
     if targets is not None:
         ig = None if ignore is None else ignore.reshape(-1)
         loss, c_loss = softmax_cross_entropy_forward(logits.reshape(-1, V), targets.reshape(-1), ig)
-    return logits, loss, (c_emb, c_body, c_head, c_loss)
+    return logits, loss, GPTCache(c_emb, c_body, c_head, c_loss)
 
 
-def gpt_backward(cache, params, cfg, frozen=frozenset(), dloss=1.0):
+def gpt_backward(dloss, cache, *, frozen=frozenset()):
     """Full backward pass from the loss.
 
     Parameters
     ----------
-    cache : from gpt_forward (called with targets)
+    dloss : float    upstream gradient of the loss (1.0 for the gradient of the loss itself)
+    cache : GPTCache from gpt_forward (called with targets)
     frozen : set of parameter names whose gradients are skipped (not computed)
-    dloss : float    upstream gradient of the loss
 
     Returns
     -------
@@ -336,15 +380,15 @@ def gpt_backward(cache, params, cfg, frozen=frozenset(), dloss=1.0):
     forward; a second call raises RunError.
     """
     c_emb, c_body, c_head, c_loss = cache
-    grads = {}
-    B, T, _ = c_head[0].shape
+    B, T, _ = c_head.z.shape
     dlogits = softmax_cross_entropy_backward(dloss, c_loss, inplace=True)                       # (N,V)
-    dz = head_backward(dlogits.reshape(B, T, -1), c_head, params, grads, frozen)                # (B,T,V) -> (B,T,C)
-    dtok = body_backward(dz, c_body, cfg, grads, frozen)                                        # (B,T,C)
-    if c_emb is not None and "wte" not in frozen:
-        dwte = embed_backward(dtok, c_emb)                                                      # (B,T,C) -> (V,C)
-        if "wte" in grads:
-            grads["wte"] += dwte                                                                # tied: add to the head's dW (ours, fresh)
-        else:
-            grads["wte"] = dwte
+    grads, dz = head_backward(dlogits.reshape(B, T, -1), c_head, frozen=frozen)                 # (B,T,V) -> (B,T,C)
+    body_grads, dtok = body_backward(dz, c_body, frozen=frozen)                                 # (B,T,C)
+    grads.update(body_grads)
+    if c_emb is not None:
+        for n, dwte in embed_backward(dtok, c_emb, frozen=frozen).items():                      # (B,T,C) -> (V,C)
+            if n in grads:
+                grads[n] += dwte                                                                # tied: add to the head's dW (ours, fresh)
+            else:
+                grads[n] = dwte
     return grads, dtok

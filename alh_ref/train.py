@@ -42,7 +42,7 @@ def sample_batch(tokens, B, T, rng, return_starts=False):
 def gpt_loss_and_grads(params, cfg, x, y, frozen=frozenset()):
     """Loss and gradients of the base GPT on one batch (gradients of frozen names not computed)."""
     _, loss, cache = gpt_forward(params, cfg, x, y)
-    grads, _ = gpt_backward(cache, params, cfg, frozen)
+    grads, _ = gpt_backward(1.0, cache, frozen=frozen)
     return float(loss), grads
 
 

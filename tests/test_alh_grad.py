@@ -126,7 +126,7 @@ def check_alh(acfg, seed):
     """Check every hypernetwork tensor of one configuration; returns {name: max rel error}."""
     base, hyp, ids, targets, ignore, dloss = alh_case(acfg, seed)
     _, _, cache = alh_forward(base, hyp, BCFG, acfg, ids, targets, ignore)
-    grads = alh_backward(cache, base, hyp, BCFG, acfg, dloss=dloss)
+    grads = alh_backward(dloss, cache)
     names = list(alh_param_shapes(BCFG, acfg))
     assert list(grads) == names, f"alh_backward returned {sorted(grads)}; expected every name of {names}"
 
@@ -190,7 +190,7 @@ def test_structural_zero_gradients():
     acfg = ALHConfig(family="film", site="output", encoder="transformer", **ALH_DIMS)
     base, hyp, ids, targets, ignore, dloss = alh_case(acfg, _seed("structural-zero"))
     _, _, cache = alh_forward(base, hyp, BCFG, acfg, ids, targets, ignore)
-    grads = alh_backward(cache, base, hyp, BCFG, acfg, dloss=dloss)
+    grads = alh_backward(dloss, cache)
     C, D = BCFG.n_embd, ALH_DIMS["D"]
 
     def f():

@@ -122,14 +122,14 @@ def _perturbed(name, seed=0):
 def test_transformed_dictionary_matches_dense_matrix(family):
     m, base = _perturbed(f"alh-{family}")
     x = np.random.default_rng(3).integers(0, BCFG.vocab_size, (2, 5))       # (B,T)
-    theta = m.forward(x)[2]["theta"]
+    theta = m.forward(x)[2].theta
     b, slot = 1, 3
     E_t = transformed_dictionary(family, theta, slot, b, base["wte"])       # (V,C)
     th = {k: (v if k == "a" else v[b, slot]) for k, v in theta.items()}
     A, off = dense_matrix(family, th, BCFG.n_embd)                          # (C,C), (C,)
     np.testing.assert_allclose(E_t, base["wte"] @ A.T + off, atol=1e-10)
     # the input latents the model actually used at (b, slot) are row x[b, slot] of that dictionary
-    np.testing.assert_allclose(m.forward(x)[2]["tok"][b, slot], E_t[x[b, slot]], atol=1e-10)
+    np.testing.assert_allclose(m.forward(x)[2].tok[b, slot], E_t[x[b, slot]], atol=1e-10)
 
 
 def test_householder_alh_is_orthogonal_per_position():

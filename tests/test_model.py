@@ -74,7 +74,7 @@ def make_batch(cfg, seed, B=2, T=5):
 def forward_backward(params, cfg, ids, targets, ignore=None, frozen=frozenset(), dloss=1.0, tok=None):
     """A fresh forward then backward (gpt_backward spends its cache: dlogits overwrite the probs)."""
     _, loss, cache = gpt_forward(params, cfg, ids, targets, ignore, tok=tok)
-    grads, dtok = gpt_backward(cache, params, cfg, frozen=frozenset(frozen), dloss=dloss)
+    grads, dtok = gpt_backward(dloss, cache, frozen=frozenset(frozen))
     return float(loss), grads, dtok
 
 
@@ -180,24 +180,24 @@ def test_frozen_bias_and_weight_are_independent(frozen, name):
 def test_frozen_skips_the_work(monkeypatch):
     """Frozen modules do not run their dW matmuls / reductions, and a frozen wte skips the scatter."""
     calls = {"linear_dw": 0, "layernorm_dw": 0, "embed": 0}
-    linear_backward, layernorm_backward, embed_backward = (model.linear_backward, model.layernorm_backward,
-                                                           model.embed_backward)
+    linear_backward, layernorm_backward, embedding_backward = (model.linear_backward, model.layernorm_backward,
+                                                               model.embedding_backward)
 
-    def counting_linear(dout, cache, need_dx=True, need_dw=True):
+    def counting_linear(dout, cache, *, need_dx=True, need_dw=True):
         calls["linear_dw"] += need_dw
         return linear_backward(dout, cache, need_dx=need_dx, need_dw=need_dw)
 
-    def counting_layernorm(dout, cache, need_dw=True):
+    def counting_layernorm(dout, cache, *, need_dw=True):
         calls["layernorm_dw"] += need_dw
         return layernorm_backward(dout, cache, need_dw=need_dw)
 
-    def counting_embed(dtok, cache):
+    def counting_scatter(dtok, cache):
         calls["embed"] += 1
-        return embed_backward(dtok, cache)
+        return embedding_backward(dtok, cache)
 
     monkeypatch.setattr(model, "linear_backward", counting_linear)
     monkeypatch.setattr(model, "layernorm_backward", counting_layernorm)
-    monkeypatch.setattr(model, "embed_backward", counting_embed)
+    monkeypatch.setattr(model, "embedding_backward", counting_scatter)
     cfg = small_cfg()
     L = cfg.n_layer
     params = noisy_params(cfg, seed=10)
@@ -217,9 +217,9 @@ def test_backward_twice_on_one_cache_is_an_error():
     params = noisy_params(cfg, seed=12)
     ids, targets, _ = make_batch(cfg, seed=13)
     _, _, cache = gpt_forward(params, cfg, ids, targets)
-    gpt_backward(cache, params, cfg)
+    gpt_backward(1.0, cache)
     with pytest.raises(RunError, match="spent"):
-        gpt_backward(cache, params, cfg)
+        gpt_backward(1.0, cache)
 
 
 # ----------------------------------------------------------------------------------------------

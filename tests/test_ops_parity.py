@@ -297,7 +297,7 @@ def tiny_results():
     ids = rng.integers(0, cfg.vocab_size, size=(2, 5))                 # (B,T)
     targets = rng.integers(0, cfg.vocab_size, size=(2, 5))             # (B,T)
     logits, loss, cache = gpt_forward(params, cfg, ids, targets)
-    grads, dtok = gpt_backward(cache, params, cfg, dloss=1.3)
+    grads, dtok = gpt_backward(1.3, cache)
     out = {"loss": [float(loss)], "logits": logits.ravel().tolist(), "dtok": dtok.ravel().tolist()}
     out.update({"grad." + n: g.ravel().tolist() for n, g in grads.items()})
     return out

@@ -75,7 +75,7 @@ def gpt_case(seed, tied=True):
 def gpt_run(cfg, params, ids, targets, ignore):
     """logits, loss, dtok and every gradient of one forward+backward (dloss = 1.3)."""
     logits, loss, cache = gpt_forward(params, cfg, ids, targets, ignore)
-    grads, dtok = gpt_backward(cache, params, cfg, dloss=1.3)
+    grads, dtok = gpt_backward(1.3, cache)
     return {"logits": logits, "loss": loss, "dtok": dtok, **{"grad." + n: g for n, g in grads.items()}}
 
 
@@ -92,8 +92,8 @@ def alh_case(acfg, seed):
 def alh_run(acfg, base, hyp, ids, targets):
     """logits, loss, c_ext, theta and every hypernetwork gradient of one ALH forward+backward (dloss = 0.7)."""
     logits, loss, cache = alh_forward(base, hyp, BCFG, acfg, ids, targets)
-    out = {"logits": logits, "loss": loss, "tok": cache["tok"]}
-    grads = alh_backward(cache, base, hyp, BCFG, acfg, dloss=0.7)
+    out = {"logits": logits, "loss": loss, "tok": cache.tok}
+    grads = alh_backward(0.7, cache)
     assert list(grads) == list(alh_param_shapes(BCFG, acfg))           # every hypernetwork tensor
     out.update({"grad." + n: g for n, g in grads.items()})
     return out

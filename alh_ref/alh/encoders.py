@@ -23,7 +23,6 @@ PREFIX = "alh.enc."
 class TransformerEncoderCache(NamedTuple):
     """What the transformer encoder's backward needs."""
 
-    ecfg: GPTConfig         # the encoder's shape (width D, Lh blocks, NHh heads)
     c_emb: tuple            # model.embed_forward cache
     c_body: tuple           # model.body_forward cache
 
@@ -107,10 +106,9 @@ def encoder_forward(hyp, kind, ids, ecfg_args):
     p = _strip(hyp)
     B, T = ids.shape
     if kind == "transformer":
-        ecfg = _ecfg(*ecfg_args)
         tok, c_emb = embed_forward(p, ids)                                                      # (B,T) -> (B,T,D)
-        c, c_body = body_forward(p, ecfg, tok)                                                  # (B,T,D)
-        return c, TransformerEncoderCache(ecfg, c_emb, c_body)
+        c, c_body = body_forward(p, _ecfg(*ecfg_args), tok)                                     # (B,T,D)
+        return c, TransformerEncoderCache(c_emb, c_body)
     if kind == "mean":
         e, c_emb = embed_forward(p, ids)                                                        # (B,T) -> (B,T,D)
         counts = np.arange(1, T + 1, dtype=e.dtype)[None, :, None]                              # (1,T,1)
@@ -124,12 +122,14 @@ def encoder_forward(hyp, kind, ids, ecfg_args):
     return c, StaticEncoderCache()
 
 
-def encoder_backward(dc, cache, frozen=frozenset()):
+def encoder_backward(dc, cache, *, frozen=frozenset()):
     """Backward of :func:`encoder_forward`.
 
     Parameters
     ----------
     dc : ndarray (B,T,D)   dL/dc
+    cache : from encoder_forward
+    frozen : set of names (``alh.enc.*``) whose gradients are not returned
 
     Returns
     -------
@@ -138,9 +138,8 @@ def encoder_backward(dc, cache, frozen=frozenset()):
     g = {}
     fz = {n[len(PREFIX):] for n in frozen if n.startswith(PREFIX)}
     if isinstance(cache, TransformerEncoderCache):
-        dtok = body_backward(dc, cache.c_body, cache.ecfg, g, fz)                               # (B,T,D)
-        if "wte" not in fz:
-            g["wte"] = embed_backward(dtok, cache.c_emb)                                        # (V,D)
+        g, dtok = body_backward(dc, cache.c_body, frozen=fz)                                    # (B,T,D)
+        g.update(embed_backward(dtok, cache.c_emb, frozen=fz))                                  # (V,D)
     elif isinstance(cache, MeanEncoderCache):
         counts, c_emb, c_fc, c_g, c_pr, c_ln = cache
         dres, g["ln_f.w"], g["ln_f.b"] = layernorm_backward(dc, c_ln)                           # (B,T,D)  inverts LN_f(m + o)
@@ -150,7 +149,7 @@ def encoder_backward(dc, cache, frozen=frozenset()):
         dm = dm + dres                                                                          # residual m + o
         dsum = dm / counts                                                                      # (B,T,D)  inverts / (t+1)
         de = np.cumsum(dsum[:, ::-1], axis=1)[:, ::-1]                                          # (B,T,D)  inverts cumsum: suffix sums
-        g["wte"] = embed_backward(np.ascontiguousarray(de), c_emb)                              # (V,D)
+        g.update(embed_backward(np.ascontiguousarray(de), c_emb))                               # (V,D)
     else:
         g["c"] = dc.reshape(-1, dc.shape[-1]).sum(0)                                            # (B,T,D) -> (D,)
     return {PREFIX + n: a for n, a in g.items() if PREFIX + n not in frozen}

@@ -49,18 +49,20 @@ def reflect(u, s, x):
     return x - (2.0 / s)[..., None] * alpha * u                                             # (...,C)
 
 
-def reflect_backward(dy, u, s, x):
-    """Backward of :func:`reflect`.
+def reflect_backward(dy, cache):
+    """Backward of :func:`reflect`; ``cache`` is the forward's inputs ``(u, s, x)`` (it keeps none of its own).
 
-    dx = H(u) dy  (H symmetric);  du = -(2/s) (alpha dy + beta x) + (4 alpha beta / s^2) u,
-    alpha = u . x, beta = u . dy.  Returns dx (...,C), du (...,C) (not summed over broadcast axes).
+    du = -(2/s) (alpha dy + beta x) + (4 alpha beta / s^2) u;  dx = H(u) dy  (H symmetric),
+    alpha = u . x, beta = u . dy.  Returns du (...,C) (not summed over broadcast axes; s = u . u is
+    differentiated too), dx (...,C): the order of reflect's arguments.
     """
+    u, s, x = cache
     alpha = (u * x).sum(-1, keepdims=True)                                                  # (...,1)
     beta = (u * dy).sum(-1, keepdims=True)                                                  # (...,1)
     s_ = s[..., None]                                                                       # (...,1)
     dx = dy - (2.0 / s_) * beta * u                                                         # (...,C)
     du = -(2.0 / s_) * (alpha * dy + beta * x) + (4.0 * alpha * beta / (s_ * s_)) * u      # (...,C)
-    return dx, du
+    return du, dx
 
 
 def householder_vectors(theta):
@@ -116,10 +118,10 @@ def householder_backward_ref(dy, doff, cache):
     dx = dy
     for (kind, j), x in zip(reversed(steps), reversed(xs)):
         if kind == "a":
-            dx, du = reflect_backward(dx, ahat[j], np.full(x.shape[:-1], sa[j]), x)         # (B,S,C)
+            du, dx = reflect_backward(dx, (ahat[j], np.full(x.shape[:-1], sa[j]), x))       # (B,S,C)
             dahat[j] += du.reshape(-1, du.shape[-1]).sum(0)                                 # shared by all positions
         else:
-            dx, du2[:, :, j] = reflect_backward(dx, u2[:, :, j], s2[:, :, j], x)            # (B,S,C)
+            du2[:, :, j], dx = reflect_backward(dx, (u2[:, :, j], s2[:, :, j], x))          # (B,S,C)
     # (reflect_backward differentiates s = u . u too, so du already holds the whole dependence on u)
     dtheta = _householder_vectors_backward(du2, dahat, v, ahat, anorm, proj)
     return dtheta, dx

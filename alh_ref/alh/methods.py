@@ -99,7 +99,7 @@ def _alh_method(name, base, bcfg, acfg, seed, shuffled=False):
 
     def loss_and_grads(x, y, dom=None):
         _, loss, cache = forward(x, y, None, dom)
-        return float(loss), alh_backward(cache, base, hyp, bcfg, acfg)
+        return float(loss), alh_backward(1.0, cache)
 
     return Method(name, hyp, loss_and_grads, forward, decayed, base, {"alh": acfg.to_dict()})
 
@@ -113,7 +113,7 @@ def _base_method(name, base, bcfg, trainable_names):
 
     def loss_and_grads(x, y, dom=None):
         _, loss, cache = gpt_forward(base, bcfg, x, y)
-        grads, _ = gpt_backward(cache, base, bcfg, frozen)
+        grads, _ = gpt_backward(1.0, cache, frozen=frozen)
         return float(loss), grads
 
     return Method(name, params, loss_and_grads, forward, decayed, base)
@@ -136,7 +136,7 @@ def _lora_method(base, bcfg, rank, seed):
     def loss_and_grads(x, y, dom=None):
         p = eff()
         _, loss, cache = gpt_forward(p, bcfg, x, y)
-        g, _ = gpt_backward(cache, p, bcfg, frozen)
+        g, _ = gpt_backward(1.0, cache, frozen=frozen)
         dW = g["wte"]                                                               # (V,C)
         return float(loss), {"lora.a": dW @ params["lora.b"].T,                     # (V,C) @ (C,R) -> (V,R)
                              "lora.b": params["lora.a"].T @ dW}                     # (R,V) @ (V,C) -> (R,C)

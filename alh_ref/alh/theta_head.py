@@ -113,13 +113,14 @@ def theta_grad_buffers(cache, dtype):
     return draw, dtheta
 
 
-def theta_backward(draw, dtheta, cache, frozen=frozenset()):
+def theta_backward(draw, dtheta, cache, *, frozen=frozenset()):
     """Backward of :func:`theta_forward`.
 
     Parameters
     ----------
-    draw : ndarray (B,S,P)   dL/dtheta_raw (from :func:`theta_grad_buffers`, filled through dtheta)
-    dtheta : dict of views into draw, plus householder "a" (J,C)
+    draw, dtheta : the upstream gradient dL/dtheta, as :func:`theta_grad_buffers` gives it and the
+        sites filled it: draw (B,S,P) = dL/dtheta_raw, dtheta its views plus householder "a" (J,C)
+    cache : ThetaCache from theta_forward
     frozen : set of parameter names whose gradients are not returned (decided per name: freezing
         alh.head.w keeps alh.head.b's gradient, and the dW matmul is skipped only when both are frozen)
 
@@ -129,7 +130,7 @@ def theta_backward(draw, dtheta, cache, frozen=frozenset()):
     dc : ndarray (B,S,D) = draw @ w^T
     """
     need = not {"alh.head.w", "alh.head.b"} <= frozen                                       # db is free once dw runs
-    dc, dw, db = linear_backward(draw, cache.c_lin, need_dw=need)                                 # (B,S,P) -> (B,S,D)
+    dc, dw, db = linear_backward(draw, cache.c_lin, need_dw=need)                           # (B,S,P) -> (B,S,D)
     grads = {n: g for n, g in (("alh.head.w", dw), ("alh.head.b", db), ("alh.head.a", dtheta.get("a")))
              if g is not None and n not in frozen}                                          # decided per name
     return grads, dc

@@ -37,24 +37,27 @@ def transform_forward(family, theta, e, transpose=False):
 
     Returns
     -------
-    y : ndarray (B,S,C);  off : ndarray (B,S) or None (None unless film, transposed);  cache
+    y : ndarray (B,S,C);  off : ndarray (B,S) or None (None unless film, transposed)
+    cache : (family, the family's cache)
     """
-    return _FORWARD[family](theta, e, transpose)
+    y, off, cache = _FORWARD[family](theta, e, transpose)
+    return y, off, (family, cache)
 
 
-def transform_backward(family, dy, doff, cache):
+def transform_backward(dy, doff, cache):
     """Backward of :func:`transform_forward`.
 
     Parameters
     ----------
-    family : the family of the forward;  dy : ndarray (B,S,C) dL/dy;  doff : ndarray (B,S) or None dL/doff
+    dy : ndarray (B,S,C) dL/dy;  doff : ndarray (B,S) or None dL/doff
     cache : from transform_forward (run under the same implementation, alh_ref.ops.current())
 
     Returns
     -------
     dtheta : dict like theta (householder "a" (J,C) summed over positions);  de : ndarray (B,S,C)
     """
-    return _BACKWARD[family](dy, doff, cache)
+    family, family_cache = cache
+    return _BACKWARD[family](dy, doff, family_cache)
 
 
 def dense_matrix(family, theta_t, C):

@@ -38,7 +38,7 @@ def layernorm_forward_ref(x, w, b, eps=EPS):
     return out, (x, w, mean, rstd)
 
 
-def layernorm_backward_ref(dout, cache, need_dw=True):
+def layernorm_backward_ref(dout, cache, *, need_dw=True):
     """LayerNorm backward, NumPy reference.
 
     Parameters
@@ -126,7 +126,7 @@ def layernorm_forward_fast(x, w, b, eps=EPS):
     return out.reshape(x.shape), (x, w, mean.reshape(lead), rstd.reshape(lead))
 
 
-def layernorm_backward_fast(dout, cache, need_dw=True):
+def layernorm_backward_fast(dout, cache, *, need_dw=True):
     """LayerNorm backward (Numba kernel). Same contract as :func:`layernorm_backward_ref`."""
     x, w, mean, rstd = cache
     C = x.shape[-1]

@@ -63,7 +63,7 @@ def softmax_cross_entropy_forward_ref(logits, targets, ignore=None):
     return loss, [probs, targets, w, count]
 
 
-def softmax_cross_entropy_backward_ref(dloss, cache, inplace=False):
+def softmax_cross_entropy_backward_ref(dloss, cache, *, inplace=False):
     """Backward of the mean cross-entropy, NumPy reference.
 
     Parameters
@@ -135,7 +135,7 @@ def softmax_cross_entropy_forward_fast(logits, targets, ignore=None):
     return logits.dtype.type(nll.sum() / count), [probs, targets, w, count]
 
 
-def softmax_cross_entropy_backward_fast(dloss, cache, inplace=False):
+def softmax_cross_entropy_backward_fast(dloss, cache, *, inplace=False):
     """Backward of the fused softmax + cross-entropy (Numba kernel). Same contract as :func:`softmax_cross_entropy_backward_ref`."""
     probs = _unspent(cache)
     _, targets, w, count = cache

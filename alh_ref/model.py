@@ -13,7 +13,8 @@ the (tied) output dictionary. So there are four stages, each with forward and ba
     logits, c = head_forward(params, cfg, z)   # z @ wte^T
     loss, c = softmax_cross_entropy_forward(logits, y)
 
-and :func:`gpt_forward` / :func:`gpt_backward` compose them. Parameters are a plain ``dict`` from
+and :func:`gpt_forward` / :func:`gpt_backward` compose them. Every backward is
+``f_backward(dout, cache, *, frozen)`` and returns ``(grads, d_input)`` (docs/glossary.md). Parameters are a plain ``dict`` from
 GPT-2-style names to arrays, described in alh_ref/params.py (GPTConfig, param_shapes, init_params,
 decayed; re-exported here). Derivation: docs/model.md.
 """
@@ -385,10 +386,10 @@ def gpt_backward(dloss, cache, *, frozen=frozenset()):
     grads, dz = head_backward(dlogits.reshape(B, T, -1), c_head, frozen=frozen)                 # (B,T,V) -> (B,T,C)
     body_grads, dtok = body_backward(dz, c_body, frozen=frozen)                                 # (B,T,C)
     grads.update(body_grads)
-    if c_emb is not None:
-        for n, dwte in embed_backward(dtok, c_emb, frozen=frozen).items():                      # (B,T,C) -> (V,C)
-            if n in grads:
-                grads[n] += dwte                                                                # tied: add to the head's dW (ours, fresh)
-            else:
-                grads[n] = dwte
+    dwte = None if c_emb is None else embed_backward(dtok, c_emb, frozen=frozen).get("wte")    # (B,T,C) -> (V,C), or None
+    if dwte is not None:
+        if "wte" in grads:
+            grads["wte"] += dwte                                                                # tied: add to the head's dW (ours, fresh)
+        else:
+            grads["wte"] = dwte
     return grads, dtok

@@ -1,6 +1,7 @@
 """Layer families, forward and backward side by side, each with a NumPy reference twin.
 
-Contract (CS231n style): ``out, cache = f_forward(...)`` and ``grads = f_backward(dout, cache)``.
+Contract (CS231n style): ``out, cache = f_forward(...)`` and ``grads = f_backward(dout, cache, *, flags)``,
+the gradients in the order of the forward's arguments (the backward rule: docs/glossary.md).
 Each family has a fast path (``f_forward_fast``: Numba kernels) and a reference twin
 (``f_forward_ref``: pure NumPy) with the same contract; ``f_forward`` is the one the model calls,
 and runs whichever :func:`current` names. Switch with :func:`use` or, for a block, :func:`using`

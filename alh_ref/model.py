@@ -14,7 +14,8 @@ the (tied) output dictionary. So there are four stages, each with forward and ba
     loss, c = softmax_cross_entropy_forward(logits, y)
 
 and :func:`gpt_forward` / :func:`gpt_backward` compose them. Every backward is
-``f_backward(dout, cache, *, frozen)`` and returns ``(grads, d_input)`` (docs/glossary.md). Parameters are a plain ``dict`` from
+``f_backward(dout, cache, *, frozen)`` and returns ``grads`` (by name) then the gradient of the
+latents it read, in the order of the forward's arguments (docs/glossary.md). Parameters are a plain ``dict`` from
 GPT-2-style names to arrays, described in alh_ref/params.py (GPTConfig, param_shapes, init_params,
 decayed; re-exported here). Derivation: docs/model.md.
 """

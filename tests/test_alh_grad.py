@@ -38,9 +38,9 @@ import zlib
 
 import numpy as np
 import pytest
+from builders import noisy, noisy_alh, perturb, token_batch
 
-from alh_ref.alh.adapted import (OUT_CONTEXTS, SITES, ALHConfig, alh_backward, alh_forward, alh_init,
-                                 alh_param_shapes)
+from alh_ref.alh.adapted import OUT_CONTEXTS, SITES, ALHConfig, alh_backward, alh_forward, alh_param_shapes
 from alh_ref.alh.encoders import ENCODERS
 from alh_ref.alh.methods import make_method
 from alh_ref import ops
@@ -78,32 +78,15 @@ def _seed(*key):
     return zlib.crc32("-".join(key).encode())
 
 
-def noisy(params, scale, rng):
-    """Copies of ``params`` with ``scale * N(0, 1)`` added to every tensor (float64).
-
-    Parameters
-    ----------
-    params : dict name -> ndarray;  scale : float;  rng : np.random.Generator
-
-    Returns
-    -------
-    dict name -> ndarray float64   p + scale * N(0, 1), same shapes
-    """
-    return {n: (p + scale * rng.standard_normal(p.shape)).astype(np.float64) for n, p in params.items()}
-
-
 def batch(rng, V=BCFG.vocab_size):
-    """A random batch for the loss: ids, targets, ignore mask (never all ignored) and dloss.
+    """A random batch for the loss: ids, targets, ignore mask (some but never all positions) and dloss.
 
     Returns
     -------
     ids : ndarray (B,T) int64;  targets : ndarray (B,T) int64;  ignore : ndarray (B,T) bool
     dloss : float, |dloss| in [0.5, 1.5) with a random sign
     """
-    ids = rng.integers(0, V, size=(B, T))                              # (B,T)
-    targets = rng.integers(0, V, size=(B, T))                          # (B,T)
-    ignore = rng.random((B, T)) < 0.3                                  # (B,T)
-    ignore[0, 0] = False                                               # at least one position counts
+    ids, targets, ignore = token_batch(rng, V, B, T, ignore_frac=0.3)  # (B,T) x 3
     dloss = float(rng.choice([-1.0, 1.0]) * (0.5 + rng.random()))
     return ids, targets, ignore, dloss
 
@@ -117,8 +100,7 @@ def alh_case(acfg, seed):
     ids, targets, ignore, dloss : see :func:`batch`
     """
     rng = np.random.default_rng(seed)
-    base = noisy(init_params(BCFG, seed=int(rng.integers(2**31)), dtype=np.float64), 0.2, rng)
-    hyp = noisy(alh_init(BCFG, acfg, seed=int(rng.integers(2**31)), dtype=np.float64), 0.3, rng)
+    base, hyp = noisy_alh(BCFG, acfg, rng)
     return (base, hyp, *batch(rng))
 
 
@@ -164,8 +146,7 @@ def test_method_grad(name):
     rng = np.random.default_rng(_seed(name))
     base = noisy(init_params(BCFG, seed=int(rng.integers(2**31)), dtype=np.float64), 0.2, rng)
     m = make_method(name, base, BCFG, seed=int(rng.integers(2**31)))
-    for p in m.params.values():
-        p += 0.3 * rng.standard_normal(p.shape)                        # in place: lora.a is zero at init
+    perturb(m.params, 0.3, rng)                                        # in place: lora.a is zero at init
     ids, targets, _, _ = batch(rng)
     _, grads = m.loss_and_grads(ids, targets)
     names = list(m.params)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from builders import perturb
 
 from alh_ref.alh.adapted import ALHConfig
 from alh_ref.alh.methods import make_method
@@ -111,10 +112,7 @@ def _perturbed(name, seed=0):
     """A method whose hypernetwork head is moved off the identity (so its transforms are non-trivial)."""
     base = init_params(BCFG, seed=0, dtype=np.float64)
     m = make_method(name, base, BCFG, ACFG, seed=seed)
-    rng = np.random.default_rng(seed + 7)
-    for n in ("alh.head.w", "alh.head.b"):
-        if n in m.params:
-            m.params[n][...] = 0.3 * rng.standard_normal(m.params[n].shape)  # in place
+    perturb(m.params, 0.3, np.random.default_rng(seed + 7), names=("alh.head.w", "alh.head.b"))
     return m, base
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from builders import LN_GAINS, noisy_params, token_batch
 from strategies import dims, seeds, token_array
 from tolerances import assert_ulp_close
 
@@ -36,39 +37,15 @@ FLOOR = 1e-4
 N_SAMPLES = 30                       # entries per tensor checked (all of the smaller ones)
 
 SMALL = dict(vocab_size=11, block_size=7, n_layer=2, n_head=3, n_embd=9)   # hs = 3
-LN_GAINS = ("ln_1.w", "ln_2.w", "ln_f.w")
 
 
 def small_cfg(tied=True):
     return GPTConfig(**SMALL, tied=tied)
 
 
-def noisy_params(cfg, seed, dtype=np.float64):
-    """init_params plus noise on every tensor, so no gradient is degenerate or tiny.
-
-    LayerNorm gains 1 + 0.3 N, biases 0.1 N, weight matrices init + 0.3 N (std ~0.3).
-    """
-    params = init_params(cfg, seed=seed, dtype=dtype)
-    rng = np.random.default_rng(seed + 1000)
-    for name, p in params.items():
-        noise = rng.standard_normal(p.shape)                          # shape
-        if name.endswith(LN_GAINS):
-            params[name] = (1.0 + 0.3 * noise).astype(dtype)          # (C,)
-        elif name.endswith(".b"):
-            params[name] = (0.1 * noise).astype(dtype)                # (C,) / (3C,) / (4C,)
-        else:
-            params[name] = (p + 0.3 * noise).astype(dtype)            # shape
-    return params
-
-
 def make_batch(cfg, seed, B=2, T=5):
-    """ids, targets (B,T) int64 and an ignore mask (B,T) bool with some but not all positions set."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, cfg.vocab_size, size=(B, T))                # (B,T)
-    targets = rng.integers(0, cfg.vocab_size, size=(B, T))            # (B,T)
-    ignore = np.zeros((B, T), dtype=bool)                             # (B,T)
-    ignore.flat[rng.choice(B * T, size=(B * T) // 3, replace=False)] = True
-    return ids, targets, ignore
+    """ids, targets (B,T) int64 and an ignore mask (B,T) bool with a third (some but not all) of the positions set."""
+    return token_batch(np.random.default_rng(seed), cfg.vocab_size, B, T, ignore_frac=1 / 3)
 
 
 def forward_backward(params, cfg, ids, targets, ignore=None, frozen=frozenset(), dloss=1.0, tok=None):

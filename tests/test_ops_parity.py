@@ -44,6 +44,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 import numba
 from numba import njit
+from builders import noisy, token_batch
 from strategies import dims, dtypes, float_array, seeds, token_array
 
 from alh_ref.ops import (attention_backward_fast, attention_backward_ref, attention_forward_fast,
@@ -290,12 +291,9 @@ def tiny_results():
     """Forward+backward of a tiny float64 model; returns {key: list of floats} (JSON-ready)."""
     from alh_ref.model import GPTConfig, gpt_backward, gpt_forward, init_params
     cfg = GPTConfig(**_TINY)
-    params = init_params(cfg, seed=1, dtype=np.float64)
     rng = np.random.default_rng(2)
-    for name in params:                                                # non-degenerate values
-        params[name] = params[name] + 0.2 * rng.standard_normal(params[name].shape)  # shape
-    ids = rng.integers(0, cfg.vocab_size, size=(2, 5))                 # (B,T)
-    targets = rng.integers(0, cfg.vocab_size, size=(2, 5))             # (B,T)
+    params = noisy(init_params(cfg, seed=1, dtype=np.float64), 0.2, rng)  # non-degenerate values
+    ids, targets, _ = token_batch(rng, cfg.vocab_size, 2, 5)           # (B,T), (B,T)
     logits, loss, cache = gpt_forward(params, cfg, ids, targets)
     grads, dtok = gpt_backward(1.3, cache)
     out = {"loss": [float(loss)], "logits": logits.ravel().tolist(), "dtok": dtok.ravel().tolist()}

@@ -21,6 +21,7 @@ real difference (a wrong term) is of the order of the values themselves.
 import numba
 import numpy as np
 import pytest
+from builders import noisy, noisy_alh, token_batch
 
 import alh_ref.alh.householder
 import alh_ref.alh.lowrank
@@ -31,7 +32,7 @@ import alh_ref.ops.layernorm
 import alh_ref.ops.softmax_ce
 import alh_ref.optim
 from alh_ref import ops
-from alh_ref.alh.adapted import OUT_CONTEXTS, SITES, ALHConfig, alh_backward, alh_forward, alh_init, alh_param_shapes
+from alh_ref.alh.adapted import OUT_CONTEXTS, SITES, ALHConfig, alh_backward, alh_forward, alh_param_shapes
 from alh_ref.alh.encoders import ENCODERS
 from alh_ref.alh.transforms import FAMILIES, transform_forward
 from alh_ref.errors import InputError
@@ -56,20 +57,12 @@ def close(ref, fast, name=""):
     np.testing.assert_allclose(ref, fast, rtol=0, atol=RTOL * scale, err_msg=name)
 
 
-def noisy(params, scale, rng):
-    """float64 copies of ``params`` plus ``scale`` N(0,1) (non-degenerate: no unit gains, no zero biases)."""
-    return {n: (p + scale * rng.standard_normal(p.shape)).astype(np.float64) for n, p in params.items()}
-
-
 def gpt_case(seed, tied=True):
     """A noisy float64 base model and a batch: cfg, params, ids (B,T), targets (B,T), ignore (B,T)."""
     rng = np.random.default_rng(seed)
     cfg = GPTConfig(**{**BCFG.to_dict(), "tied": tied})
     params = noisy(init_params(cfg, seed=seed, dtype=np.float64), 0.2, rng)
-    ids = rng.integers(0, cfg.vocab_size, size=(B, T))                 # (B,T)
-    targets = rng.integers(0, cfg.vocab_size, size=(B, T))             # (B,T)
-    ignore = rng.random((B, T)) < 0.2                                  # (B,T)
-    return cfg, params, ids, targets, ignore
+    return (cfg, params, *token_batch(rng, cfg.vocab_size, B, T, ignore_frac=0.2))
 
 
 def gpt_run(cfg, params, ids, targets, ignore):
@@ -82,10 +75,8 @@ def gpt_run(cfg, params, ids, targets, ignore):
 def alh_case(acfg, seed):
     """Noisy float64 base and hypernetwork (so no transform is the identity) and a batch."""
     rng = np.random.default_rng(seed)
-    base = noisy(init_params(BCFG, seed=seed, dtype=np.float64), 0.2, rng)
-    hyp = noisy(alh_init(BCFG, acfg, seed=seed + 1, dtype=np.float64), 0.3, rng)
-    ids = rng.integers(0, BCFG.vocab_size, size=(B, T))                # (B,T)
-    targets = rng.integers(0, BCFG.vocab_size, size=(B, T))            # (B,T)
+    base, hyp = noisy_alh(BCFG, acfg, rng)
+    ids, targets, _ = token_batch(rng, BCFG.vocab_size, B, T)          # (B,T), (B,T)
     return base, hyp, ids, targets
 
 

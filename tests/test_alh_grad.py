@@ -5,7 +5,7 @@ prev) x context encoder (transformer, mean, static), and for the side head with 
 under each implementation (``ops.using("fast")``: the Numba kernels; ``ops.using("ref")``: the
 NumPy twins of every op, encoder and transform; the IMPLS table names each family's pair),
 the analytic gradient of EVERY hypernetwork tensor (the names of ``alh_param_shapes``; the test
-asserts that each one is checked) from ``alh_backward(..., dloss=dloss)`` is compared with
+asserts that each one is checked) from ``alh_backward(dloss, cache)`` is compared with
 centered differences of ``dloss * loss`` from ``alh_forward``, where loss is the mean
 cross-entropy under a random ignore mask and dloss is a random scalar. The same is done for the
 gradients that ``Method.loss_and_grads`` returns for lora-embed, embed-ft and full-ft

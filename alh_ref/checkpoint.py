@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy as stnp
 
-from .errors import InputError, RunError
+from .errors import DiskError, InputError
 from .io_utils import atomic_write_bytes, atomic_write_json, ensure_writable_dir
 
 CHECKPOINT_FORMAT = "alh_ref.checkpoint"
@@ -168,8 +168,8 @@ def save_checkpoint(folder, tensors: dict, manifest: dict) -> None:
     ------
     InputError
         Bad tensors or manifest, or a folder that cannot be created / written.
-    RunError
-        The operating system failed while writing (disk full, I/O error).
+    DiskError
+        The operating system failed while writing (disk full, I/O error); a RunError.
     """
     if not isinstance(manifest, dict):
         raise InputError(f"manifest must be a dict; got {type(manifest).__name__}")
@@ -192,8 +192,8 @@ def save_checkpoint(folder, tensors: dict, manifest: dict) -> None:
         atomic_write_bytes(folder / TENSORS_FILE, blob)
         atomic_write_json(folder / MANIFEST_FILE, meta)
     except OSError as e:
-        raise RunError(f"could not write checkpoint to {str(folder)!r}: {e.strerror or e}; "
-                       f"expected a folder with free space that stays writable") from None
+        raise DiskError(f"could not write checkpoint to {str(folder)!r}: {e.strerror or e}; "
+                        f"expected a folder with free space that stays writable") from None
 
 
 # -------------------------------------------------------------------------------------- load

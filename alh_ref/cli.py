@@ -12,6 +12,7 @@
 Exit codes: 0 success; 2 usage errors and bad input (alh_ref.errors.InputError, argparse errors);
 1 a run that failed (alh_ref.errors.RunError, e.g. a NaN loss) or an internal error; 130 Ctrl-C.
 Errors print one line, ``error: <message>``, on stderr; a traceback only with ALH_REF_DEBUG=1.
+Warnings (a small split, an unpinned base, an eval result not saved, ...) print as ``warning: ...``.
 With ``--json`` the last stdout line is a JSON summary (``{"ok": false, "error": ...}`` on failure).
 Usage walk-through: docs/usage.md.
 """
@@ -25,7 +26,7 @@ import warnings
 
 from . import __version__
 from .demo import DEMO_DESCRIPTION, DEMO_HELP, add_demo_arguments, cmd_demo
-from .errors import ALHRefError, RunError
+from .errors import ALHRefError
 
 EXIT_OK, EXIT_RUN, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
 DEBUG_ENV = "ALH_REF_DEBUG"
@@ -106,6 +107,9 @@ def _corpus_options(p, required=False, split="train", what="text to train on"):
                    help="option of the synthetic corpus, repeatable (e.g. --corpus-opt n_docs=50)")
     g.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
                    help=f"which documents to use (split by a hash of each document; default: {split})")
+    g.add_argument("--errors", choices=("strict", "replace"), default=None,
+                   help="undecodable bytes in a text file: strict = stop with an error (default), "
+                        "replace = read them as U+FFFD")
 
 
 def _training_options(p):
@@ -122,11 +126,13 @@ def _training_options(p):
                    help="global grad-norm clip, 0 = off (default 1.0)")
     g = p.add_argument_group("checkpoints")
     g.add_argument("--ckpt-every", type=POS, metavar="N",
-                   help="save a checkpoint every N steps (default 50; always at the end)")
-    g.add_argument("--keep", type=NONNEG, metavar="N", help="keep the newest N checkpoints, 0 = all (default 3)")
+                   help="save a checkpoint every N steps (default 50; always at the end; on --resume: the run's own)")
+    g.add_argument("--keep", type=NONNEG, metavar="N",
+                   help="keep the newest N checkpoints, 0 = all (default 3; on --resume: the run's own); "
+                        "checkpoints an adapted run uses are always kept")
     g.add_argument("--resume", action="store_true",
                    help="continue <out>/<name> from its newest checkpoint, bit-for-bit; data, model and seed "
-                        "stay as saved, optimiser options and --steps may change")
+                        "stay as saved, optimiser options, --steps, --ckpt-every and --keep may change")
 
 
 def build_parser():
@@ -193,7 +199,8 @@ def build_parser():
     p.add_argument("--tokenizer", metavar="PATH", help="tokenizer for a checkpoint outside a run folder")
     _corpus_options(p, split="val", what="text to evaluate on (default: the run's own corpus)")
     p.add_argument("--batch-size", type=POS, default=16, metavar="N", help="windows per forward pass (default 16)")
-    p.add_argument("--max-tokens", type=POS, metavar="N", help="evaluate at most this many tokens (the first windows)")
+    p.add_argument("--max-tokens", type=POS, metavar="N",
+                   help="evaluate at most this many tokens: the first N // T whole windows (N >= T)")
     _common(p, seed_help="accepted for uniformity; has no effect (evaluation is deterministic)")
 
     p = add("sample", "generate text from a run (deterministic given --seed)")
@@ -235,7 +242,8 @@ def build_parser():
 
 # ----------------------------------------------------------------------------------------------
 # Subcommands: each returns (summary dict, human-readable lines). Library modules are imported
-# inside them, so `alh-ref --help` and usage errors answer without loading NumPy and Numba.
+# inside them, so `alh-ref --help` and usage errors answer without loading NumPy and Numba; the
+# defaults stated in the help texts are pinned to the library's tables by tests/test_runs.py.
 
 def _progress(args):
     mode = getattr(args, "progress", "off")
@@ -246,15 +254,23 @@ def _corpus_opts(args):
     return None if not args.corpus_opt else dict(args.corpus_opt)
 
 
-def _train_opts(args, keys):
-    """The subcommand's training options as library keyword arguments (None = not given)."""
+def _warn(message):
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _given(args, keys):
+    """The options the user gave, as library keyword arguments (argparse's None: not given)."""
     opts = {k: getattr(args, k) for k in keys}
-    opts.update(corpus=args.corpus, corpus_opts=_corpus_opts(args), split=args.split, seed=args.seed)
-    return opts
+    opts.update(corpus=args.corpus, corpus_opts=_corpus_opts(args), split=args.split, seed=args.seed,
+                errors=args.errors)
+    return {k: v for k, v in opts.items() if v is not None}
 
 
 _TRAIN_KEYS = ("tokenizer", "steps", "batch_size", "lr", "warmup_steps", "decay_steps", "weight_decay", "grad_clip",
                "ckpt_every", "keep")
+PRETRAIN_KEYS = _TRAIN_KEYS + ("vocab_size", "config", "block_size", "n_layer", "n_head", "n_embd")
+ADAPT_KEYS = _TRAIN_KEYS + ("base", "method", "encoder", "site", "out_context", "D", "hyper_layers", "hyper_heads",
+                            "K", "R", "lora_rank")
 
 
 def _fmt_loss(v):
@@ -266,6 +282,7 @@ def _train_lines(s, what):
              f"loss {_fmt_loss(s['loss_first'])} -> {_fmt_loss(s['loss_last'])}"
              + (f", {s['tokens_per_s']:,.0f} tokens/s" if s.get("tokens_per_s") else "")]
     lines.append(f"checkpoint: {s['checkpoint']}")
+    lines += s.get("kept", [])
     return lines
 
 
@@ -273,7 +290,7 @@ def cmd_tokenizer(args):
     """``alh-ref tokenizer``: runs.train_tokenizer -> (summary, lines)."""
     from .runs import train_tokenizer
     s = train_tokenizer(args.out, args.name, corpus=args.corpus, corpus_opts=_corpus_opts(args),
-                        split=args.split or "train", vocab_size=args.vocab_size)
+                        split=args.split or "train", vocab_size=args.vocab_size, errors=args.errors or "strict")
     return s, [f"trained a BPE tokenizer on {s['corpus']}: V={s['n_vocab']} (asked {s['vocab_size']}), "
                f"sha256 {s['sha256'][:12]}… -> {s['tokenizer']}"]
 
@@ -281,26 +298,26 @@ def cmd_tokenizer(args):
 def cmd_pretrain(args):
     """``alh-ref pretrain``: runs.pretrain -> (summary, lines)."""
     from .runs import pretrain
-    keys = _TRAIN_KEYS + ("vocab_size", "config", "block_size", "n_layer", "n_head", "n_embd")
-    s = pretrain(args.out, args.name, resume=args.resume, progress=_progress(args), **_train_opts(args, keys))
+    s = pretrain(args.out, args.name, resume=args.resume, progress=_progress(args), warn=_warn,
+                 **_given(args, PRETRAIN_KEYS))
     return s, _train_lines(s, "pretrained")
 
 
 def cmd_adapt(args):
     """``alh-ref adapt``: runs.adapt -> (summary, lines)."""
     from .runs import adapt
-    keys = _TRAIN_KEYS + ("base", "method", "encoder", "site", "out_context", "D", "hyper_layers", "hyper_heads",
-                          "K", "R", "lora_rank")
-    s = adapt(args.out, args.name, resume=args.resume, progress=_progress(args), **_train_opts(args, keys))
+    s = adapt(args.out, args.name, resume=args.resume, progress=_progress(args), warn=_warn, **_given(args, ADAPT_KEYS))
     return s, _train_lines(s, f"adapted ({s['method']}, {s['n_trainable']:,} trainable)")
 
 
 def cmd_eval(args):
-    """``alh-ref eval``: runs.evaluate -> (summary, lines)."""
+    """``alh-ref eval``: runs.evaluate -> (summary, lines); a result that could not be saved is a warning."""
     from .runs import evaluate
     s = evaluate(args.run, out=args.out, corpus=args.corpus, corpus_opts=_corpus_opts(args), split=args.split or "val",
                  batch_size=args.batch_size, max_tokens=args.max_tokens, tokenizer=args.tokenizer,
-                 progress=_progress(args))
+                 progress=_progress(args), errors=args.errors)
+    for w in s["warnings"]:
+        _warn(w)
     return s, [f"{s['run'] or s['checkpoint']} (step {s['step']}, {s['method']}) on {s['corpus']} [{s['split']}]: "
                f"loss {s['loss']:.4f} nats/token, perplexity {s['perplexity']:.2f} over {s['n_tokens']:,} tokens"]
 
@@ -314,24 +331,9 @@ def cmd_sample(args):
     return s, [s["text"]]
 
 
-def _lazy(module, attr, what):
-    """Import ``alh_ref.<module>.<attr>``; a clear RunError if that module is not in this install."""
-    import importlib
-    full = f"alh_ref.{module}"
-    try:
-        mod = importlib.import_module(full)
-    except ModuleNotFoundError as e:
-        if e.name != full:
-            raise
-        raise RunError(f"{what} needs {full}, which this install does not have yet; update alh_ref") from None
-    if not hasattr(mod, attr):
-        raise RunError(f"{what} needs {full}.{attr}, which this install does not have yet; update alh_ref")
-    return getattr(mod, attr)
-
-
 def cmd_golden(args):
     """``alh-ref golden``: alh_ref.golden.golden_command -> (summary, its report lines)."""
-    golden_command = _lazy("golden", "golden_command", "alh-ref golden")
+    from .golden import golden_command
     rc, lines = golden_command(out=args.out, check=args.check, reference=args.reference, impl=args.impl)
     return {"job": "golden", "ok": rc == 0, "exit_code": rc, "out": args.out, "check": args.check,
             "reference": args.reference, "impl": args.impl}, lines

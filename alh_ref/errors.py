@@ -23,3 +23,7 @@ class RunError(ALHRefError, RuntimeError):
     """A run that could not go on (e.g. NaN/inf loss). CLI exit code 1."""
 
     exit_code = 1
+
+
+class DiskError(RunError):
+    """A run could not write its files (disk full, folder made read-only, I/O error). CLI exit code 1."""

@@ -13,11 +13,13 @@ the (tied) output dictionary. So there are four stages, each with forward and ba
     logits, c = head_forward(params, cfg, z)   # z @ wte^T
     loss, c = softmax_cross_entropy_forward(logits, y)
 
-and :func:`gpt_forward` / :func:`gpt_backward` compose them. Parameters are a plain ``dict`` from
-GPT-2-style names to arrays; :func:`param_shapes` is the one ordered name list that init, the
-optimizer, gradient checks, checkpoints and golden bundles all walk. Derivation: docs/model.md.
+and :func:`gpt_forward` / :func:`gpt_backward` compose them. Every backward is
+``f_backward(dout, cache, *, frozen)`` and returns ``grads`` (by name) then the gradient of the
+latents it read, in the order of the forward's arguments (docs/glossary.md). Parameters are a plain ``dict`` from
+GPT-2-style names to arrays, described in alh_ref/params.py (GPTConfig, param_shapes, init_params,
+decayed; re-exported here). Derivation: docs/model.md.
 """
-from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,116 +27,11 @@ from .errors import InputError
 from .ops import (attention_backward, attention_forward, embedding_backward, embedding_forward,
                   gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_backward,
                   linear_forward, softmax_cross_entropy_backward, softmax_cross_entropy_forward)
+from .params import CONFIGS, GPTConfig, count_params, decayed, init_params, param_shapes
 
-
-@dataclass(frozen=True)
-class GPTConfig:
-    """Shape of the base model.
-
-    vocab_size V, block_size (max T), n_layer L, n_head NH, n_embd C (C % NH == 0),
-    tied: logits use wte^T (True) or a separate lm_head.w of shape (C, V) (False).
-    """
-
-    vocab_size: int = 512
-    block_size: int = 64
-    n_layer: int = 2
-    n_head: int = 4
-    n_embd: int = 64
-    tied: bool = True
-
-    def __post_init__(self):
-        for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
-                raise InputError(f"GPTConfig.{k} = {getattr(self, k)!r}; expected a positive integer")
-        if self.n_embd % self.n_head:
-            raise InputError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}; expected C % NH == 0")
-
-    def to_dict(self):
-        return asdict(self)
-
-
-# Configs of the benchmarks (issue 2) and of the tests.
-CONFIGS = {
-    "tiny": GPTConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=64),
-    "small": GPTConfig(vocab_size=2048, block_size=128, n_layer=4, n_head=4, n_embd=128),
-}
-
-
-# ----------------------------------------------------------------------------------------------
-# Parameters: one ordered name list
-
-def param_shapes(cfg):
-    """Ordered ``{name: shape}`` of every parameter (GPT-2 names, weights oriented (in, out)).
-
-    Parameters
-    ----------
-    cfg : GPTConfig
-
-    Returns
-    -------
-    dict[str, tuple]  wte (V,C), wpe (T,C), h.{l}.ln_1.{w,b} (C,), h.{l}.attn.c_attn.w (C,3C),
-        .b (3C,), h.{l}.attn.c_proj.w (C,C), .b (C,), h.{l}.ln_2.{w,b} (C,), h.{l}.mlp.c_fc.w (C,4C),
-        .b (4C,), h.{l}.mlp.c_proj.w (4C,C), .b (C,), ln_f.{w,b} (C,), [lm_head.w (C,V) if untied]
-    """
-    V, T, C = cfg.vocab_size, cfg.block_size, cfg.n_embd
-    s = {"wte": (V, C), "wpe": (T, C)}
-    for l in range(cfg.n_layer):
-        p = f"h.{l}."
-        s.update({
-            p + "ln_1.w": (C,), p + "ln_1.b": (C,),
-            p + "attn.c_attn.w": (C, 3 * C), p + "attn.c_attn.b": (3 * C,),
-            p + "attn.c_proj.w": (C, C), p + "attn.c_proj.b": (C,),
-            p + "ln_2.w": (C,), p + "ln_2.b": (C,),
-            p + "mlp.c_fc.w": (C, 4 * C), p + "mlp.c_fc.b": (4 * C,),
-            p + "mlp.c_proj.w": (4 * C, C), p + "mlp.c_proj.b": (C,),
-        })
-    s.update({"ln_f.w": (C,), "ln_f.b": (C,)})
-    if not cfg.tied:
-        s["lm_head.w"] = (C, V)
-    return s
-
-
-def init_params(cfg, seed=0, dtype=np.float32):
-    """GPT-2 initialisation, reproducible across machines.
-
-    One ``np.random.default_rng(seed)`` (PCG64) draws standard normals in float64, tensor by tensor
-    in :func:`param_shapes` order (LayerNorms and biases draw nothing), then scales and casts:
-    weights N(0, 0.02^2); the two c_proj weights N(0, (0.02/sqrt(2L))^2); biases 0; LayerNorm w 1, b 0.
-
-    Returns
-    -------
-    dict[str, ndarray]   every tensor C-contiguous, of ``dtype``
-    """
-    rng = np.random.default_rng(seed)
-    proj_std = 0.02 / np.sqrt(2 * cfg.n_layer)
-    params = {}
-    for name, shape in param_shapes(cfg).items():
-        if name.endswith(("ln_1.w", "ln_2.w", "ln_f.w")):
-            params[name] = np.ones(shape, dtype=dtype)                      # (C,)
-        elif name.endswith((".b",)):
-            params[name] = np.zeros(shape, dtype=dtype)                     # (C,) / (3C,) / (4C,)
-        else:
-            std = proj_std if name.endswith("c_proj.w") else 0.02
-            params[name] = (std * rng.standard_normal(shape)).astype(dtype)  # shape
-    return params
-
-
-def decayed(name):
-    """True for the parameters AdamW decays: the weight matrices and embedding tables.
-
-    As in nanoGPT: linear weights (``*.w`` but not LayerNorm gains), wte, wpe and lm_head.w (also
-    under a prefix, e.g. ``alh.enc.wte``); never biases, LayerNorm parameters, context vectors
-    (``alh.c0``, ``alh.enc.c``) or the Householder directions ``alh.head.a`` (scale-free).
-    """
-    last = name.rsplit(".", 1)[-1]
-    if name.endswith(("ln_1.w", "ln_2.w", "ln_f.w")):
-        return False
-    return last in ("w", "wte", "wpe")
-
-
-def count_params(params, names=None):
-    """Number of scalars in ``params`` (restricted to ``names`` if given)."""
-    return int(sum(params[n].size for n in (params if names is None else names)))
+__all__ = ["CONFIGS", "GPTConfig", "block_backward", "block_forward", "body_backward", "body_forward", "check_ids",
+           "check_targets", "count_params", "decayed", "embed_backward", "embed_forward", "gpt_backward", "gpt_forward",
+           "head_backward", "head_forward", "init_params", "param_shapes"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,13 +82,66 @@ def embed_forward(params, ids):
     return embedding_forward(ids, params["wte"])  # (B,T) -> (B,T,C)
 
 
-def embed_backward(dtok, cache):
-    """dwte (V,C) = scatter-add of dtok (B,T,C) into the rows named by ids (see ops.embedding)."""
-    return embedding_backward(dtok, cache)
+def embed_backward(dtok, cache, *, frozen=frozenset()):
+    """Backward of :func:`embed_forward`.
+
+    Parameters
+    ----------
+    dtok : ndarray (B,T,C)   dL/dtok
+    cache : from embed_forward
+    frozen : set of names; a frozen ``wte`` skips the scatter-add
+
+    Returns
+    -------
+    grads : dict  {"wte": (V,C)} (empty when frozen)   dwte[v] = sum of dtok over the positions with ids = v
+    """
+    if "wte" in frozen:
+        return {}
+    return {"wte": embedding_backward(dtok, cache)}                                             # (B,T,C) -> (V,C)
 
 
 # ----------------------------------------------------------------------------------------------
 # Stage 2: the body (positions, blocks, final LayerNorm)
+
+class BlockCache(NamedTuple):
+    """The sub-layer caches of one block, in forward order (what :func:`block_backward` reads)."""
+
+    ln_1: tuple             # layernorm (h, w, mean, rstd)
+    c_attn: tuple           # linear (x1, w)
+    attn: tuple             # attention (qkv, att, NH)
+    attn_proj: tuple        # linear (y, w)
+    ln_2: tuple             # layernorm (a, w, mean, rstd)
+    c_fc: tuple             # linear (x2, w)
+    gelu: tuple             # gelu (f,)
+    mlp_proj: tuple         # linear (g, w)
+    l: int                  # the block's index (its parameters are named h.{l}.*)
+
+
+class BodyCache(NamedTuple):
+    """What :func:`body_backward` reads."""
+
+    blocks: list            # one BlockCache per block, in forward order
+    ln_f: tuple             # layernorm cache of the final LayerNorm
+    T: int                  # positions used (wpe rows 0..T-1)
+    block_size: int         # rows of wpe (its gradient's shape)
+
+
+class HeadCache(NamedTuple):
+    """What :func:`head_backward` reads."""
+
+    z: np.ndarray           # (B,T,C) the final hidden state
+    name: str               # "wte" (tied) or "lm_head.w"
+    w: np.ndarray           # the dictionary: wte (V,C) or lm_head.w (C,V)
+
+
+class GPTCache(NamedTuple):
+    """The stage caches of :func:`gpt_forward`, in forward order (what :func:`gpt_backward` reads)."""
+
+    emb: tuple              # embedding cache, or None when the latents were passed in
+    body: BodyCache
+    head: HeadCache
+    loss: list              # softmax_cross_entropy cache, or None without targets
+
 
 def block_forward(params, l, h, NH):
     """One pre-LayerNorm transformer block.
@@ -204,7 +154,7 @@ def block_forward(params, l, h, NH):
     Returns
     -------
     h_out : ndarray (B,T,C)   a = h + c_proj(Attn(c_attn(LN1(h))));  h_out = a + c_proj(GELU(c_fc(LN2(a))))
-    cache : tuple of the sub-layer caches
+    cache : BlockCache
     """
     p = f"h.{l}."
     x1, c_ln1 = layernorm_forward(h, params[p + "ln_1.w"], params[p + "ln_1.b"])                # (B,T,C)
@@ -217,25 +167,26 @@ def block_forward(params, l, h, NH):
     g, c_g = gelu_forward(f)                                                                    # (B,T,4C)
     mo, c_mo = linear_forward(g, params[p + "mlp.c_proj.w"], params[p + "mlp.c_proj.b"])        # (B,T,4C) -> (B,T,C)
     h_out = a + mo                                                                              # (B,T,C)
-    return h_out, (c_ln1, c_qkv, c_att, c_ao, c_ln2, c_fc, c_g, c_mo)
+    return h_out, BlockCache(c_ln1, c_qkv, c_att, c_ao, c_ln2, c_fc, c_g, c_mo, l)
 
 
-def block_backward(dh_out, cache, l, grads, frozen=frozenset()):
-    """Backward of :func:`block_forward`; writes the block's parameter gradients into ``grads``.
+def block_backward(dh_out, cache, *, frozen=frozenset()):
+    """Backward of :func:`block_forward`.
 
     Parameters
     ----------
     dh_out : ndarray (B,T,C)   dL/dh_out
-    cache : from block_forward;  l : int block index
-    grads : dict to fill with name -> gradient (same shape as the parameter)
+    cache : BlockCache from block_forward
     frozen : set of names whose gradients are not computed (the matmul dW is skipped, not discarded)
 
     Returns
     -------
+    grads : dict name -> gradient (same shape as the parameter) for the block's names not in ``frozen``
     dh : ndarray (B,T,C)   dL/dh (through both residual branches)
     """
-    c_ln1, c_qkv, c_att, c_ao, c_ln2, c_fc, c_g, c_mo = cache
+    c_ln1, c_qkv, c_att, c_ao, c_ln2, c_fc, c_g, c_mo, l = cache
     p = f"h.{l}."
+    grads = {}
 
     def need(name):
         """Compute (w, b) gradients of a sub-layer unless both are frozen (db costs nothing extra)."""
@@ -265,7 +216,7 @@ def block_backward(dh_out, cache, l, grads, frozen=frozenset()):
     dh, dw, db = layernorm_backward(dx1, c_ln1, need_dw=need("ln_1"))                           # (B,T,C)
     put("ln_1", dw, db)
     dh += da                                                                                    # residual: a = h + ao
-    return dh
+    return grads, dh
 
 
 def body_forward(params, cfg, tok):
@@ -279,7 +230,7 @@ def body_forward(params, cfg, tok):
     Returns
     -------
     z : ndarray (B,T,C)     z = LN_f(blocks(tok + wpe[0..T-1]))
-    cache : tuple
+    cache : BodyCache
     """
     T = tok.shape[1]
     h = tok + params["wpe"][:T]                                                                 # (B,T,C) + (T,C)
@@ -288,35 +239,37 @@ def body_forward(params, cfg, tok):
         h, c = block_forward(params, l, h, cfg.n_head)                                          # (B,T,C)
         caches.append(c)
     z, c_lnf = layernorm_forward(h, params["ln_f.w"], params["ln_f.b"])                         # (B,T,C)
-    return z, (caches, c_lnf, T)
+    return z, BodyCache(caches, c_lnf, T, cfg.block_size)
 
 
-def body_backward(dz, cache, cfg, grads, frozen=frozenset()):
+def body_backward(dz, cache, *, frozen=frozenset()):
     """Backward of :func:`body_forward`.
 
     Parameters
     ----------
     dz : ndarray (B,T,C)   dL/dz
-    cache : from body_forward;  cfg : GPTConfig
-    grads : dict filled with the gradients of wpe, every block parameter and ln_f (unless frozen)
+    cache : BodyCache from body_forward
     frozen : set of parameter names to skip
 
     Returns
     -------
+    grads : dict   the gradients of ln_f, every block parameter and wpe (Tmax,C), minus ``frozen``
     dtok : ndarray (B,T,C)   dL/dtok, the gradient with respect to the input latents
     """
-    caches, c_lnf, T = cache
+    caches, c_lnf, T, block_size = cache
+    grads = {}
     dh, dw, db = layernorm_backward(dz, c_lnf, need_dw=not {"ln_f.w", "ln_f.b"} <= frozen)      # (B,T,C)
     for n, g in (("ln_f.w", dw), ("ln_f.b", db)):
         if g is not None and n not in frozen:
             grads[n] = g
-    for l in reversed(range(cfg.n_layer)):
-        dh = block_backward(dh, caches[l], l, grads, frozen)                                    # (B,T,C)
+    for c in reversed(caches):
+        g, dh = block_backward(dh, c, frozen=frozen)                                            # (B,T,C)
+        grads.update(g)
     if "wpe" not in frozen:
-        dwpe = np.zeros((cfg.block_size, dh.shape[-1]), dtype=dh.dtype)                         # (Tmax,C)
+        dwpe = np.zeros((block_size, dh.shape[-1]), dtype=dh.dtype)                             # (Tmax,C)
         dwpe[:T] = dh.sum(axis=0)                                                               # (B,T,C) -> (T,C); inverts + wpe[:T]
         grads["wpe"] = dwpe
-    return dh                                                                                   # h = tok + wpe: dtok = dh
+    return grads, dh                                                                            # h = tok + wpe: dtok = dh
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,32 +285,33 @@ def head_forward(params, cfg, z):
     Returns
     -------
     logits : ndarray (B,T,V)   logits = z @ wte^T (tied) or z @ lm_head.w
-    cache : tuple (z, name of the dictionary)
+    cache : HeadCache
     """
     B, T, C = z.shape
     z2 = z.reshape(B * T, C)                                                                    # (B,T,C) -> (N,C): one 2-D BLAS call
     if cfg.tied:
         logits = z2 @ params["wte"].T                                                           # (N,C) @ (C,V) -> (N,V)
-        return logits.reshape(B, T, -1), (z, "wte")                                             # (N,V) -> (B,T,V)
+        return logits.reshape(B, T, -1), HeadCache(z, "wte", params["wte"])                     # (N,V) -> (B,T,V)
     logits = z2 @ params["lm_head.w"]                                                           # (N,C) @ (C,V) -> (N,V)
-    return logits.reshape(B, T, -1), (z, "lm_head.w")                                           # (N,V) -> (B,T,V)
+    return logits.reshape(B, T, -1), HeadCache(z, "lm_head.w", params["lm_head.w"])             # (N,V) -> (B,T,V)
 
 
-def head_backward(dlogits, cache, params, grads, frozen=frozenset()):
+def head_backward(dlogits, cache, *, frozen=frozenset()):
     """Backward of :func:`head_forward`.
 
     Parameters
     ----------
-    dlogits : ndarray (B,T,V)
-    grads : dict; the dictionary's gradient is *added* to grads[name] if present (wte is shared
-        with the input lookup), else stored.
+    dlogits : ndarray (B,T,V)   dL/dlogits
+    cache : HeadCache from head_forward
+    frozen : set of names; a frozen dictionary skips its dW matmul
 
     Returns
     -------
+    grads : dict  {name: dW} (empty when frozen): dwte (V,C) = dlogits^T z (tied) or dlm_head.w (C,V) = z^T dlogits
     dz : ndarray (B,T,C)   dz = dlogits @ wte (tied) or dlogits @ lm_head.w^T
     """
-    z, name = cache
-    W = params[name]
+    z, name, W = cache
+    grads = {}
     V = dlogits.shape[-1]
     d2 = dlogits.reshape(-1, V)                                                                 # (N,V)
     if name == "wte":
@@ -369,8 +323,8 @@ def head_backward(dlogits, cache, params, grads, frozen=frozenset()):
         if name not in frozen:
             dW = z.reshape(-1, z.shape[-1]).T @ d2                                              # (C,N) @ (N,V) -> (C,V)
     if name not in frozen:
-        grads[name] = grads[name] + dW if name in grads else dW
-    return dz.reshape(z.shape)
+        grads[name] = dW
+    return grads, dz.reshape(z.shape)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,7 +346,7 @@ def gpt_forward(params, cfg, ids, targets=None, ignore=None, tok=None):
     -------
     logits : ndarray (B,T,V)
     loss : scalar or None                  mean over counted positions of -log softmax(logits)[y]
-    cache : tuple
+    cache : GPTCache
     """
     V = cfg.vocab_size
     check_ids(ids, V, "ids", cfg.block_size)
@@ -407,17 +361,17 @@ def gpt_forward(params, cfg, ids, targets=None, ignore=None, tok=None):
     if targets is not None:
         ig = None if ignore is None else ignore.reshape(-1)
         loss, c_loss = softmax_cross_entropy_forward(logits.reshape(-1, V), targets.reshape(-1), ig)
-    return logits, loss, (c_emb, c_body, c_head, c_loss)
+    return logits, loss, GPTCache(c_emb, c_body, c_head, c_loss)
 
 
-def gpt_backward(cache, params, cfg, frozen=frozenset(), dloss=1.0):
+def gpt_backward(dloss, cache, *, frozen=frozenset()):
     """Full backward pass from the loss.
 
     Parameters
     ----------
-    cache : from gpt_forward (called with targets)
+    dloss : float    upstream gradient of the loss (1.0 for the gradient of the loss itself)
+    cache : GPTCache from gpt_forward (called with targets)
     frozen : set of parameter names whose gradients are skipped (not computed)
-    dloss : float    upstream gradient of the loss
 
     Returns
     -------
@@ -428,13 +382,13 @@ def gpt_backward(cache, params, cfg, frozen=frozenset(), dloss=1.0):
     forward; a second call raises RunError.
     """
     c_emb, c_body, c_head, c_loss = cache
-    grads = {}
-    B, T, _ = c_head[0].shape
+    B, T, _ = c_head.z.shape
     dlogits = softmax_cross_entropy_backward(dloss, c_loss, inplace=True)                       # (N,V)
-    dz = head_backward(dlogits.reshape(B, T, -1), c_head, params, grads, frozen)                # (B,T,V) -> (B,T,C)
-    dtok = body_backward(dz, c_body, cfg, grads, frozen)                                        # (B,T,C)
-    if c_emb is not None and "wte" not in frozen:
-        dwte = embed_backward(dtok, c_emb)                                                      # (B,T,C) -> (V,C)
+    grads, dz = head_backward(dlogits.reshape(B, T, -1), c_head, frozen=frozen)                 # (B,T,V) -> (B,T,C)
+    body_grads, dtok = body_backward(dz, c_body, frozen=frozen)                                 # (B,T,C)
+    grads.update(body_grads)
+    dwte = None if c_emb is None else embed_backward(dtok, c_emb, frozen=frozen).get("wte")    # (B,T,C) -> (V,C), or None
+    if dwte is not None:
         if "wte" in grads:
             grads["wte"] += dwte                                                                # tied: add to the head's dW (ours, fresh)
         else:

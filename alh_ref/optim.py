@@ -5,8 +5,10 @@
     p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) - lr * wd * p   (wd on decayed names only)
 
 The optimizer walks the same ordered name list as everything else; its state is the named
-tensors ``m.<name>``, ``v.<name>`` and the integer step ``t`` (see :func:`state_tensors`).
-Derivation: docs/optim.md.
+tensors ``m.<name>``, ``v.<name>`` and the integer step ``t`` (see :meth:`AdamW.state_tensors`).
+The two per-tensor computations, the update and the gradient norm, each have a Numba path
+(``*_fast``) and a NumPy twin (``*_ref``); ``adamw_update`` and ``global_grad_norm`` run the one
+``alh_ref.ops.current()`` names. Derivation: docs/optim.md.
 """
 import math
 from dataclasses import asdict, dataclass
@@ -14,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .ops._jit import kernel
+from .ops.impl import dispatch
 
 
 @dataclass(frozen=True)
@@ -59,13 +62,22 @@ def _sumsq_kernel(g):
     return acc
 
 
-def global_grad_norm(grads, names):
+def global_grad_norm_fast(grads, names):
     """||g||_2 = sqrt(sum over names of sum g^2) over all named gradients (Numba kernel, float64 sums)."""
     return math.sqrt(sum(_sumsq_kernel(np.ascontiguousarray(grads[n]).reshape(-1)) for n in names))
 
 
 def global_grad_norm_ref(grads, names):
-    """NumPy twin of :func:`global_grad_norm`: the same norm via float64 copies and np.dot."""
+    """The global gradient norm, NumPy twin of :func:`global_grad_norm_fast` (float64 copies and np.dot).
+
+    Parameters
+    ----------
+    grads : dict name -> ndarray;  names : the names to include
+
+    Returns
+    -------
+    float   ||g||_2 = sqrt(sum over names of sum g^2), accumulated in float64
+    """
     return math.sqrt(sum(float(np.dot(grads[n].ravel().astype(np.float64), grads[n].ravel().astype(np.float64)))
                          for n in names))
 
@@ -91,13 +103,41 @@ def _adamw_kernel(p, g, m, v, lr, b1, b2, eps, wd, bc1, bc2, gscale):
 
 
 def adamw_update_ref(p, g, m, v, lr, b1, b2, eps, wd, t, gscale=1.0):
-    """One AdamW update of one tensor in place, NumPy reference of the kernel (t is 1-based)."""
-    g = g * gscale                                                   # (...)
-    m[...] = b1 * m + (1 - b1) * g                                   # (...)
-    v[...] = b2 * v + (1 - b2) * g * g                               # (...)
-    mhat = m / (1 - b1 ** t)                                         # (...)
-    vhat = v / (1 - b2 ** t)                                         # (...)
-    p[...] = p - lr * (mhat / (np.sqrt(vhat) + eps) + wd * p)
+    """One AdamW update of one tensor in place, NumPy reference; computed in float64, rounded once into p, m, v.
+
+    Parameters
+    ----------
+    p, m, v : ndarray (...), float32 or float64   parameter and moments, updated in place
+    g : ndarray (...)                              its gradient (before clipping)
+    lr, b1, b2, eps, wd : float                    step size, moment decays, epsilon, weight decay
+    t : int                                        1-based step (for the bias corrections)
+    gscale : float                                 clipping factor applied to g
+
+    Equations: g' = gscale g;  m <- b1 m + (1-b1) g';  v <- b2 v + (1-b2) g'^2;
+    p <- p - lr (m / (1-b1^t) / (sqrt(v / (1-b2^t)) + eps) + wd p).
+    """
+    g64 = g.astype(np.float64) * gscale                              # (...)
+    m64 = b1 * m.astype(np.float64) + (1 - b1) * g64                 # (...)
+    v64 = b2 * v.astype(np.float64) + (1 - b2) * g64 * g64           # (...)
+    mhat = m64 / (1 - b1 ** t)                                       # (...)
+    vhat = v64 / (1 - b2 ** t)                                       # (...)
+    p64 = p.astype(np.float64)                                       # (...)
+    p[...] = p64 - lr * (mhat / (np.sqrt(vhat) + eps) + wd * p64)
+    m[...] = m64
+    v[...] = v64
+
+
+def adamw_update_fast(p, g, m, v, lr, b1, b2, eps, wd, t, gscale=1.0):
+    """One AdamW update of one tensor in place (Numba kernel). Same contract as :func:`adamw_update_ref`.
+
+    p, m, v must be C-contiguous (they are updated through flat views).
+    """
+    _adamw_kernel(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1), v.reshape(-1),
+                  lr, b1, b2, eps, wd, 1.0 - b1 ** t, 1.0 - b2 ** t, gscale)
+
+
+adamw_update = dispatch(adamw_update_fast, adamw_update_ref)
+global_grad_norm = dispatch(global_grad_norm_fast, global_grad_norm_ref)
 
 
 class AdamW:
@@ -126,13 +166,9 @@ class AdamW:
         self.t += 1
         norm = global_grad_norm(grads, self.names)
         gscale = min(1.0, c.grad_clip / (norm + 1e-6)) if c.grad_clip > 0 else 1.0
-        bc1 = 1.0 - c.beta1 ** self.t
-        bc2 = 1.0 - c.beta2 ** self.t
         for n in self.names:
             wd = c.weight_decay if self.decay[n] else 0.0
-            _adamw_kernel(params[n].reshape(-1), np.ascontiguousarray(grads[n]).reshape(-1),
-                          self.m[n].reshape(-1), self.v[n].reshape(-1),
-                          lr, c.beta1, c.beta2, c.eps, wd, bc1, bc2, gscale)
+            adamw_update(params[n], grads[n], self.m[n], self.v[n], lr, c.beta1, c.beta2, c.eps, wd, self.t, gscale)
         return norm, lr
 
     def state_tensors(self):

@@ -51,7 +51,7 @@ def adapt(base, cfg, acfg, tokens, rng, label):
 
     def loss_and_grads(x, y):
         _, loss, cache = alh_forward(base, hyp, cfg, acfg, x, y)                          # base frozen: grads of hyp only
-        return float(loss), alh_backward(cache, base, hyp, cfg, acfg)
+        return float(loss), alh_backward(1.0, cache)
     opt = AdamW(hyp, list(alh_param_shapes(cfg, acfg)),
                 AdamWConfig(lr=1e-2, warmup_steps=STEPS // 10, total_steps=STEPS), decayed)
     h = train(hyp, opt, loss_and_grads, tokens, 16, T, STEPS, rng)

@@ -1,4 +1,4 @@
-"""Shared hypothesis strategies for the op and model tests.
+"""Shared hypothesis strategies for the op, model and ALH tests.
 
 Arrays are built from a drawn integer seed with ``np.random.default_rng(seed)``: much faster than
 ``hypothesis.extra.numpy.arrays`` and still reproducible (hypothesis shrinks the seed and the
@@ -29,6 +29,21 @@ def dims(draw, min_T=1):
     B, T = draw(batch_size), draw(st.integers(max(1, min_T), 9))
     NH, hs = draw(heads), draw(head_size)
     return {"B": B, "T": T, "NH": NH, "hs": hs, "C": NH * hs}
+
+
+@st.composite
+def alh_dims(draw, min_T=1):
+    """Small adapted-model shapes (a base GPT with 2 heads and a hypernetwork).
+
+    Returns
+    -------
+    dict: V, C (even, 2 heads), L, T, block (>= T), B, D, K (even), R.  D is 4 or 6: a LayerNorm
+    over D = 2 features outputs only +-(1,-1) w + b, so a D = 2 encoder carries one bit
+    """
+    T = draw(st.integers(min_T, 6))
+    return {"V": draw(st.integers(2, 13)), "C": 2 * draw(st.integers(1, 4)), "L": draw(st.integers(1, 2)),
+            "T": T, "block": T + draw(st.integers(0, 2)), "B": draw(st.integers(1, 3)),
+            "D": 2 * draw(st.integers(2, 3)), "K": 2 * draw(st.integers(1, 2)), "R": draw(st.integers(1, 3))}
 
 
 def float_array(seed, shape, dtype=np.float64, scale=1.0, shift=0.0):

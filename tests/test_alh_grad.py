@@ -2,8 +2,10 @@
 
 What is checked. For every transform family x site (input, output, both) x out_context (current,
 prev) x context encoder (transformer, mean, static), and for the side head with every encoder,
+under each implementation (``ops.using("fast")``: the Numba kernels; ``ops.using("ref")``: the
+NumPy twins of every op, encoder and transform; the IMPLS table names each family's pair),
 the analytic gradient of EVERY hypernetwork tensor (the names of ``alh_param_shapes``; the test
-asserts that each one is checked) from ``alh_backward(..., dloss=dloss)`` is compared with
+asserts that each one is checked) from ``alh_backward(dloss, cache)`` is compared with
 centered differences of ``dloss * loss`` from ``alh_forward``, where loss is the mean
 cross-entropy under a random ignore mask and dloss is a random scalar. The same is done for the
 gradients that ``Method.loss_and_grads`` returns for lora-embed, embed-ft and full-ft
@@ -36,12 +38,17 @@ import zlib
 
 import numpy as np
 import pytest
+from builders import noisy, noisy_alh, perturb, token_batch
 
-from alh_ref.alh.adapted import (OUT_CONTEXTS, SITES, ALHConfig, alh_backward, alh_forward, alh_init,
-                                 alh_param_shapes)
+from alh_ref.alh.adapted import OUT_CONTEXTS, SITES, ALHConfig, alh_backward, alh_forward, alh_param_shapes
 from alh_ref.alh.encoders import ENCODERS
 from alh_ref.alh.methods import make_method
-from alh_ref.alh.transforms import FAMILIES, transform_backward, transform_forward
+from alh_ref import ops
+from alh_ref.alh.film import film_backward, film_forward
+from alh_ref.alh.householder import (householder_backward_fast, householder_backward_ref, householder_forward_fast,
+                                     householder_forward_ref)
+from alh_ref.alh.lowrank import lowrank_backward_fast, lowrank_backward_ref, lowrank_forward_fast, lowrank_forward_ref
+from alh_ref.alh.transforms import FAMILIES
 from alh_ref.gradcheck import check_named, numerical_grad
 from alh_ref.model import GPTConfig, init_params, param_shapes
 
@@ -54,38 +61,32 @@ BCFG = GPTConfig(vocab_size=11, block_size=6, n_layer=1, n_head=2, n_embd=6)   #
 ALH_DIMS = {"D": 4, "n_layer": 1, "n_head": 2, "K": 4, "R": 2}
 COMBOS = [(f, s, o, e) for f in FAMILIES for s in SITES for o in OUT_CONTEXTS for e in ENCODERS]
 
+# Each family's two implementations, (forward, backward): the Numba kernels and their NumPy twins
+# (film is elementwise NumPy, one implementation). The end-to-end checks run each under
+# ops.using(impl), which routes every op, encoder and transform to that implementation.
+IMPLS = {
+    "householder": {"fast": (householder_forward_fast, householder_backward_fast),
+                    "ref": (householder_forward_ref, householder_backward_ref)},
+    "lowrank": {"fast": (lowrank_forward_fast, lowrank_backward_fast),
+                "ref": (lowrank_forward_ref, lowrank_backward_ref)},
+    "film": {"fast": (film_forward, film_backward), "ref": (film_forward, film_backward)},
+}
+
 
 def _seed(*key):
     """A stable seed per test case (crc32 of its id), so cases draw different but fixed data."""
     return zlib.crc32("-".join(key).encode())
 
 
-def noisy(params, scale, rng):
-    """Copies of ``params`` with ``scale * N(0, 1)`` added to every tensor (float64).
-
-    Parameters
-    ----------
-    params : dict name -> ndarray;  scale : float;  rng : np.random.Generator
-
-    Returns
-    -------
-    dict name -> ndarray float64   p + scale * N(0, 1), same shapes
-    """
-    return {n: (p + scale * rng.standard_normal(p.shape)).astype(np.float64) for n, p in params.items()}
-
-
 def batch(rng, V=BCFG.vocab_size):
-    """A random batch for the loss: ids, targets, ignore mask (never all ignored) and dloss.
+    """A random batch for the loss: ids, targets, ignore mask (some but never all positions) and dloss.
 
     Returns
     -------
     ids : ndarray (B,T) int64;  targets : ndarray (B,T) int64;  ignore : ndarray (B,T) bool
     dloss : float, |dloss| in [0.5, 1.5) with a random sign
     """
-    ids = rng.integers(0, V, size=(B, T))                              # (B,T)
-    targets = rng.integers(0, V, size=(B, T))                          # (B,T)
-    ignore = rng.random((B, T)) < 0.3                                  # (B,T)
-    ignore[0, 0] = False                                               # at least one position counts
+    ids, targets, ignore = token_batch(rng, V, B, T, ignore_frac=0.3)  # (B,T) x 3
     dloss = float(rng.choice([-1.0, 1.0]) * (0.5 + rng.random()))
     return ids, targets, ignore, dloss
 
@@ -99,8 +100,7 @@ def alh_case(acfg, seed):
     ids, targets, ignore, dloss : see :func:`batch`
     """
     rng = np.random.default_rng(seed)
-    base = noisy(init_params(BCFG, seed=int(rng.integers(2**31)), dtype=np.float64), 0.2, rng)
-    hyp = noisy(alh_init(BCFG, acfg, seed=int(rng.integers(2**31)), dtype=np.float64), 0.3, rng)
+    base, hyp = noisy_alh(BCFG, acfg, rng)
     return (base, hyp, *batch(rng))
 
 
@@ -108,7 +108,7 @@ def check_alh(acfg, seed):
     """Check every hypernetwork tensor of one configuration; returns {name: max rel error}."""
     base, hyp, ids, targets, ignore, dloss = alh_case(acfg, seed)
     _, _, cache = alh_forward(base, hyp, BCFG, acfg, ids, targets, ignore)
-    grads = alh_backward(cache, base, hyp, BCFG, acfg, dloss=dloss)
+    grads = alh_backward(dloss, cache)
     names = list(alh_param_shapes(BCFG, acfg))
     assert list(grads) == names, f"alh_backward returned {sorted(grads)}; expected every name of {names}"
 
@@ -121,17 +121,21 @@ def check_alh(acfg, seed):
     return errs
 
 
+@pytest.mark.parametrize("impl", ops.IMPLS)
 @pytest.mark.parametrize("family,site,out_context,encoder", COMBOS, ids=["-".join(c) for c in COMBOS])
-def test_alh_hypernetwork_grad(family, site, out_context, encoder):
+def test_alh_hypernetwork_grad(family, site, out_context, encoder, impl):
     acfg = ALHConfig(family=family, site=site, out_context=out_context, encoder=encoder, **ALH_DIMS)
-    errs = check_alh(acfg, _seed(family, site, out_context, encoder))
+    with ops.using(impl):
+        errs = check_alh(acfg, _seed(family, site, out_context, encoder))
     assert max(errs.values()) <= TOL, errs
 
 
+@pytest.mark.parametrize("impl", ops.IMPLS)
 @pytest.mark.parametrize("encoder", ENCODERS)
-def test_side_head_grad(encoder):
+def test_side_head_grad(encoder, impl):
     acfg = ALHConfig(encoder=encoder, head="side", **ALH_DIMS)
-    errs = check_alh(acfg, _seed("side", encoder))
+    with ops.using(impl):
+        errs = check_alh(acfg, _seed("side", encoder))
     assert {"alh.side.w", "alh.side.b"} <= set(errs)
     assert max(errs.values()) <= TOL, errs
 
@@ -142,8 +146,7 @@ def test_method_grad(name):
     rng = np.random.default_rng(_seed(name))
     base = noisy(init_params(BCFG, seed=int(rng.integers(2**31)), dtype=np.float64), 0.2, rng)
     m = make_method(name, base, BCFG, seed=int(rng.integers(2**31)))
-    for p in m.params.values():
-        p += 0.3 * rng.standard_normal(p.shape)                        # in place: lora.a is zero at init
+    perturb(m.params, 0.3, rng)                                        # in place: lora.a is zero at init
     ids, targets, _, _ = batch(rng)
     _, grads = m.loss_and_grads(ids, targets)
     names = list(m.params)
@@ -168,7 +171,7 @@ def test_structural_zero_gradients():
     acfg = ALHConfig(family="film", site="output", encoder="transformer", **ALH_DIMS)
     base, hyp, ids, targets, ignore, dloss = alh_case(acfg, _seed("structural-zero"))
     _, _, cache = alh_forward(base, hyp, BCFG, acfg, ids, targets, ignore)
-    grads = alh_backward(cache, base, hyp, BCFG, acfg, dloss=dloss)
+    grads = alh_backward(dloss, cache)
     C, D = BCFG.n_embd, ALH_DIMS["D"]
 
     def f():
@@ -187,13 +190,15 @@ def test_structural_zero_gradients():
     assert np.abs(grads["alh.enc.h.0.attn.c_attn.b"][:D]).max() > 1e-6
 
 
+@pytest.mark.parametrize("impl", ops.IMPLS)
 @pytest.mark.parametrize("transpose", [False, True], ids=["input", "output"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_transform_grad(family, transpose):
-    """transform_backward against differences of L = sum(y * G) + sum(off * g), every entry.
+def test_transform_grad(family, transpose, impl):
+    """Each family's backward (kernel and twin) against differences of L = sum(y * G) + sum(off * g), every entry.
 
     The only check of film's output offset off = z . beta with a nonzero dL/doff.
     """
+    fwd, bwd = IMPLS[family][impl]
     rng = np.random.default_rng(_seed("transform", family, str(transpose)))
     S, C, J, R = 4, 6, 2, 2
     theta = {"householder": {"v": rng.standard_normal((B, S, J, C)), "a": rng.standard_normal((J, C))},
@@ -205,12 +210,12 @@ def test_transform_grad(family, transpose):
     params = dict(theta, e=e)
 
     def f():
-        y, off, _ = transform_forward(family, {k: params[k] for k in theta}, params["e"], transpose)
+        y, off, _ = fwd({k: params[k] for k in theta}, params["e"], transpose)
         return float((y * G).sum() + (0.0 if off is None else (off * g).sum()))
 
-    _, off, cache = transform_forward(family, theta, e, transpose)
+    _, off, cache = fwd(theta, e, transpose)
     assert (off is not None) == (family == "film" and transpose)
-    dtheta, de = transform_backward(G, g if off is not None else None, cache)
+    dtheta, de = bwd(G, g if off is not None else None, cache)
     analytic = dict(dtheta, e=de)
     assert set(analytic) == set(params)
     errs = check_named(f, params, analytic, list(params), h=H, floor=FLOOR)

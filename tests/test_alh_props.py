@@ -17,12 +17,13 @@ Arrays are built from drawn seeds with numpy generators; hypothesis draws seeds 
 """
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
-from strategies import seeds
+from builders import alh_model, noisy, perturb, random_ids
+from strategies import alh_dims, seeds
 from tolerances import assert_ulp_close
 
-from alh_ref.alh.adapted import OUT_CONTEXTS, SITES, ALHConfig, alh_backward, alh_forward, alh_init, alh_param_shapes
+from alh_ref.alh.adapted import OUT_CONTEXTS, SITES, ALHConfig, alh_backward, alh_forward, alh_param_shapes
 from alh_ref.alh.encoders import ENCODERS
 from alh_ref.alh.methods import METHODS, derangement, make_method, shuffle_rng
 from alh_ref.alh.transforms import FAMILIES, dense_matrix, transform_forward
@@ -35,49 +36,9 @@ COMBOS = [(f, s, o, e) for f in FAMILIES for s in SITES for o in OUT_CONTEXTS fo
 SCALES = st.sampled_from([1e-12, 1e-6, 1e-2, 1.0, 1e2, 1e6])
 
 
-@st.composite
-def dims(draw, min_T=1):
-    """Small model shapes.
-
-    Returns
-    -------
-    dict: V, C (even, 2 heads), L, T, block (>= T), B, D, K (even), R.  D is 4 or 6: a LayerNorm
-    over D = 2 features outputs only +-(1,-1) w + b, so a D = 2 encoder carries one bit
-    """
-    T = draw(st.integers(min_T, 6))
-    return {"V": draw(st.integers(2, 13)), "C": 2 * draw(st.integers(1, 4)), "L": draw(st.integers(1, 2)),
-            "T": T, "block": T + draw(st.integers(0, 2)), "B": draw(st.integers(1, 3)),
-            "D": 2 * draw(st.integers(2, 3)), "K": 2 * draw(st.integers(1, 2)), "R": draw(st.integers(1, 3))}
-
-
-def build(seed, d, hyp_noise=0.0, **acfg_kw):
-    """A noisy float64 base model, an ALH config and its hypernetwork parameters.
-
-    Parameters
-    ----------
-    seed : int;  d : dict from :func:`dims`
-    hyp_noise : float   scale of N(0,1) noise added to every hypernetwork tensor ("trained-like")
-    acfg_kw : ALHConfig fields (family, site, out_context, encoder, head)
-
-    Returns
-    -------
-    bcfg : GPTConfig;  acfg : ALHConfig;  base : dict float64 (init + 0.2 N(0,1));  hyp : dict float64
-    rng : np.random.Generator for further draws
-    """
-    rng = np.random.default_rng(seed)
-    bcfg = GPTConfig(vocab_size=d["V"], block_size=d["block"], n_layer=d["L"], n_head=2, n_embd=d["C"])
-    acfg = ALHConfig(D=d["D"], n_layer=1, n_head=2, K=d["K"], R=d["R"], **acfg_kw)
-    base = {n: p + 0.2 * rng.standard_normal(p.shape)                                  # shape of p
-            for n, p in init_params(bcfg, seed=int(rng.integers(2**31)), dtype=np.float64).items()}
-    hyp = alh_init(bcfg, acfg, seed=int(rng.integers(2**31)), dtype=np.float64)
-    for p in hyp.values():
-        p += hyp_noise * rng.standard_normal(p.shape)                                   # in place
-    return bcfg, acfg, base, hyp, rng
-
-
 def ids_for(rng, d):
-    """Random token ids (B,T) in [0, V)."""
-    return rng.integers(0, d["V"], size=(d["B"], d["T"]))                               # (B,T)
+    """Random token ids (B,T) in [0, V) for a model of the shape d."""
+    return random_ids(rng, d["V"], d["B"], d["T"])                                          # (B,T)
 
 
 def theta_at(theta, s):
@@ -119,7 +80,8 @@ def test_householder_is_orthogonal_and_keeps_gram_and_cosines(seed, C, J, v_scal
 
 @pytest.mark.parametrize("family,site,out_context,encoder", COMBOS + [("-", "-", "-", e) for e in ENCODERS],
                          ids=["-".join(c) for c in COMBOS] + [f"side-{e}" for e in ENCODERS])
-@given(seed=seeds, d=dims())
+@given(seed=seeds, d=alh_dims())
+@example(seed=8707, d={"V": 11, "C": 2, "L": 2, "T": 1, "block": 1, "B": 2, "D": 6, "K": 2, "R": 1})  # 1.8e-12 of scale
 def test_identity_at_init(family, site, out_context, encoder, seed, d):
     """alh_init (side head too) gives the base model's logits, whatever the encoder parameters are.
 
@@ -128,14 +90,17 @@ def test_identity_at_init(family, site, out_context, encoder, seed, d):
     """
     kw = ({"head": "side", "encoder": encoder} if family == "-" else
           {"family": family, "site": site, "out_context": out_context, "encoder": encoder})
-    bcfg, acfg, base, hyp, rng = build(seed, d, **kw)
+    bcfg, acfg, base, hyp, rng = alh_model(seed, d, **kw)
     for n, p in hyp.items():
         noise = rng.standard_normal(p.shape)                                            # shape of p
         p += np.where(p == 0, 0.0, noise) if n.startswith(("alh.head.", "alh.side.")) else noise
     ids = ids_for(rng, d)                                                               # (B,T)
     ref, _, _ = gpt_forward(base, bcfg, ids)                                            # (B,T,V)
     logits, _, _ = alh_forward(base, hyp, bcfg, acfg, ids)                              # (B,T,V)
-    np.testing.assert_allclose(logits, ref, rtol=0, atol=1e-12 * max(1.0, np.abs(ref).max()))
+    # Not exact: H(a^) H(a^) = I only up to rounding, and that rounding passes through the whole base
+    # model (seen: 1.8e-12 of scale, seed 8707). 1e-10 of scale is still ~10 orders below a real
+    # departure from the identity (O(1) differences in the logits).
+    np.testing.assert_allclose(logits, ref, rtol=0, atol=1e-10 * max(1.0, np.abs(ref).max()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,11 +108,11 @@ def test_identity_at_init(family, site, out_context, encoder, seed, d):
 
 @pytest.mark.parametrize("family,site,out_context", [c[:3] for c in COMBOS if c[3] == "transformer"],
                          ids=["-".join(c[:3]) for c in COMBOS if c[3] == "transformer"])
-@given(seed=seeds, d=dims(min_T=2), encoder=st.sampled_from(ENCODERS), data=st.data())
+@given(seed=seeds, d=alh_dims(min_T=2), encoder=st.sampled_from(ENCODERS), data=st.data())
 def test_causality(family, site, out_context, seed, d, encoder, data):
     """Changing tokens after t leaves theta at slots 0..t+1 and logits at 0..t unchanged."""
     t = data.draw(st.integers(0, d["T"] - 2), label="t")
-    bcfg, acfg, base, hyp, rng = build(seed, d, 0.3, family=family, site=site, out_context=out_context,
+    bcfg, acfg, base, hyp, rng = alh_model(seed, d, 0.3, family=family, site=site, out_context=out_context,
                                        encoder=encoder)
     ids = ids_for(rng, d)                                                               # (B,T)
     ids2 = ids.copy()                                                                   # (B,T)
@@ -156,25 +121,25 @@ def test_causality(family, site, out_context, seed, d, encoder, data):
     logits2, _, c2 = alh_forward(base, hyp, bcfg, acfg, ids2)                           # (B,T,V)
     tight = {"rtol": 1e-13, "atol": 1e-13}
     np.testing.assert_allclose(logits2[:, :t + 1], logits[:, :t + 1], **tight)
-    for k in c1["theta"]:
+    for k in c1.theta:
         if k == "a":
-            assert np.array_equal(c1["theta"][k], c2["theta"][k])    # exact: 'a' is the shared parameter itself, read not computed
+            assert np.array_equal(c1.theta[k], c2.theta[k])    # exact: 'a' is the shared parameter itself, read not computed
         else:
-            np.testing.assert_allclose(c2["theta"][k][:, :t + 2], c1["theta"][k][:, :t + 2], **tight)
+            np.testing.assert_allclose(c2.theta[k][:, :t + 2], c1.theta[k][:, :t + 2], **tight)
     if encoder != "static":                                                             # the check can fail:
-        k = next(k for k in c1["theta"] if k != "a")                                    # slot t+2 reads x_{t+1}
-        assert not np.allclose(c2["theta"][k][:, t + 2], c1["theta"][k][:, t + 2], rtol=1e-9, atol=1e-12)
+        k = next(k for k in c1.theta if k != "a")                                    # slot t+2 reads x_{t+1}
+        assert not np.allclose(c2.theta[k][:, t + 2], c1.theta[k][:, t + 2], rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("encoder", ["transformer", "mean"])
-@given(seed=seeds, d=dims(), data=st.data())
+@given(seed=seeds, d=alh_dims(), data=st.data())
 def test_prev_output_context_skips_the_current_token(family, encoder, seed, d, data):
     """site=output: logits_t ignore ctx_ids[:, t] with out_context=prev, and read it with current."""
     t = data.draw(st.integers(0, d["T"] - 1), label="t")
     out = {}
     for oc in OUT_CONTEXTS:
-        bcfg, acfg, base, hyp, rng = build(seed, d, 0.3, family=family, site="output", out_context=oc,
+        bcfg, acfg, base, hyp, rng = alh_model(seed, d, 0.3, family=family, site="output", out_context=oc,
                                            encoder=encoder)
         ids, ctx = ids_for(rng, d), ids_for(rng, d)                                     # (B,T), (B,T)
         ctx2 = ctx.copy()                                                               # (B,T)
@@ -197,21 +162,21 @@ FROZEN_COMBOS = [dict(family=f, site=s, out_context=o, encoder=e) for f, s, o, e
 
 
 @pytest.mark.parametrize("kw", FROZEN_COMBOS, ids=lambda kw: "-".join(kw.values()))
-@given(seed=seeds, d=dims(min_T=2), data=st.data())
+@given(seed=seeds, d=alh_dims(min_T=2), data=st.data())
 def test_frozen_hypernetwork_subset_matches_unfrozen(kw, seed, d, data):
     """alh_backward(frozen=S): exactly the names not in S come back, each equal to the unfrozen gradient.
 
     Freezing is decided per parameter name (alh.head.w frozen still returns alh.head.b), as for the base.
     """
-    bcfg, acfg, base, hyp, rng = build(seed, d, 0.3, **kw)
+    bcfg, acfg, base, hyp, rng = alh_model(seed, d, 0.3, **kw)
     names = sorted(alh_param_shapes(bcfg, acfg))
     frozen = data.draw(st.sets(st.sampled_from(names)), label="frozen")
     ids, targets = ids_for(rng, d), ids_for(rng, d)                                     # (B,T), (B,T)
     dloss = float(rng.uniform(0.5, 2.0))                                                # not 1: a random upstream scale
     _, _, cache = alh_forward(base, hyp, bcfg, acfg, ids, targets)
-    full = alh_backward(cache, base, hyp, bcfg, acfg, dloss=dloss)
+    full = alh_backward(dloss, cache)
     _, _, cache = alh_forward(base, hyp, bcfg, acfg, ids, targets)
-    part = alh_backward(cache, base, hyp, bcfg, acfg, dloss=dloss, frozen=frozenset(frozen))
+    part = alh_backward(dloss, cache, frozen=frozenset(frozen))
     assert sorted(full) == names
     assert set(part) == set(names) - frozen
     # Not bitwise: the frozen run skips buffers, so later arrays may sit at other alignments and
@@ -223,9 +188,9 @@ def test_frozen_hypernetwork_subset_matches_unfrozen(kw, seed, d, data):
 def test_freezing_the_head_weight_keeps_its_bias():
     """The bug model.py once had, for the hypernetwork head: frozen alh.head.w must not drop alh.head.b."""
     d = {"V": 7, "C": 4, "L": 1, "T": 3, "block": 3, "B": 2, "D": 4, "K": 2, "R": 1}
-    bcfg, acfg, base, hyp, rng = build(0, d, 0.3, family="householder", site="both")
+    bcfg, acfg, base, hyp, rng = alh_model(0, d, 0.3, family="householder", site="both")
     _, _, cache = alh_forward(base, hyp, bcfg, acfg, ids_for(rng, d), ids_for(rng, d))
-    grads = alh_backward(cache, base, hyp, bcfg, acfg, frozen=frozenset({"alh.head.w"}))
+    grads = alh_backward(1.0, cache, frozen=frozenset({"alh.head.w"}))
     assert "alh.head.b" in grads and "alh.head.w" not in grads and np.abs(grads["alh.head.b"]).max() > 0
 
 
@@ -239,8 +204,7 @@ def test_training_never_writes_the_base(seed):
     domains = np.repeat(np.arange(4), 16)                                               # (n,) four domains
     ocfg = AdamWConfig(lr=1e-2, warmup_steps=1, total_steps=3)
     for name in METHODS:
-        base = {n: p + (0.2 * rng.standard_normal(p.shape)).astype(np.float32)          # shape of p, float32
-                for n, p in init_params(bcfg, seed=int(rng.integers(2**31))).items()}
+        base = noisy(init_params(bcfg, seed=int(rng.integers(2**31))), 0.2, rng, np.float32)
         snap = {n: p.copy() for n, p in base.items()}
         m = make_method(name, base, bcfg, acfg, seed=int(rng.integers(2**31)))
         before = {n: p.copy() for n, p in m.params.items()}
@@ -261,14 +225,13 @@ def test_training_never_writes_the_base(seed):
 # ----------------------------------------------------------------------------------------------
 # alh-shuffled and derangements
 
-@given(seed=seeds, d=dims(min_T=2), B=st.integers(2, 5), with_dom=st.booleans(), family=st.sampled_from(FAMILIES),
+@given(seed=seeds, d=alh_dims(min_T=2), B=st.integers(2, 5), with_dom=st.booleans(), family=st.sampled_from(FAMILIES),
        site=st.sampled_from(SITES))
 def test_alh_shuffled_reads_the_deranged_context(seed, d, B, with_dom, family, site):
     d = dict(d, B=B, V=max(d["V"], B))
-    bcfg, acfg, base, _, rng = build(seed, d, family=family, site=site)
+    bcfg, acfg, base, _, rng = alh_model(seed, d, family=family, site=site)
     m = make_method("alh-shuffled", base, bcfg, acfg, seed=seed)
-    for p in m.params.values():
-        p += 0.3 * rng.standard_normal(p.shape)                                         # in place: non-zero hyp
+    perturb(m.params, 0.3, rng)                                                         # in place: non-zero hyp
     ids = ids_for(rng, d)                                                               # (B,T)
     ids[:, 0] = rng.permutation(d["V"])[:B]                                             # rows pairwise distinct
     targets = ids_for(rng, d)                                                           # (B,T)
@@ -348,16 +311,16 @@ def test_transpose_application_is_A_transpose(family, data):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("out_context", OUT_CONTEXTS)
-@given(seed=seeds, d=dims())
+@given(seed=seeds, d=alh_dims())
 def test_output_site_scores_the_transformed_dictionary(family, out_context, seed, d):
     """site=output: logits[b,t,v] = z_t . (A_s wte_v + b_s), s = t+1 (current) or t (prev)."""
-    bcfg, acfg, base, hyp, rng = build(seed, d, 0.3, family=family, site="output", out_context=out_context)
+    bcfg, acfg, base, hyp, rng = alh_model(seed, d, 0.3, family=family, site="output", out_context=out_context)
     ids = ids_for(rng, d)                                                               # (B,T)
     logits, _, cache = alh_forward(base, hyp, bcfg, acfg, ids)                          # (B,T,V)
     z, _ = body_forward(base, bcfg, embed_forward(base, ids)[0])                        # (B,T,C) frozen base
     s0 = 1 if out_context == "current" else 0
     for t in range(d["T"]):
-        th = theta_at(cache["theta"], s0 + t)
+        th = theta_at(cache.theta, s0 + t)
         for bi in range(d["B"]):
             A, b = dense_matrix(family, {k: (v if k == "a" else v[bi]) for k, v in th.items()}, d["C"])
             ref = (base["wte"] @ A.T + b) @ z[bi, t]                                    # (V,C) @ (C,) -> (V,)
@@ -369,7 +332,7 @@ def test_output_site_scores_the_transformed_dictionary(family, out_context, seed
 
 def _small():
     d = {"V": 7, "C": 4, "L": 1, "T": 3, "block": 4, "B": 2, "D": 4, "K": 2, "R": 1}
-    bcfg, acfg, base, hyp, rng = build(0, d)
+    bcfg, acfg, base, hyp, rng = alh_model(0, d)
     return bcfg, acfg, base, hyp, ids_for(rng, d)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from builders import perturb
 
 from alh_ref.alh.adapted import ALHConfig
 from alh_ref.alh.methods import make_method
@@ -111,10 +112,7 @@ def _perturbed(name, seed=0):
     """A method whose hypernetwork head is moved off the identity (so its transforms are non-trivial)."""
     base = init_params(BCFG, seed=0, dtype=np.float64)
     m = make_method(name, base, BCFG, ACFG, seed=seed)
-    rng = np.random.default_rng(seed + 7)
-    for n in ("alh.head.w", "alh.head.b"):
-        if n in m.params:
-            m.params[n][...] = 0.3 * rng.standard_normal(m.params[n].shape)  # in place
+    perturb(m.params, 0.3, np.random.default_rng(seed + 7), names=("alh.head.w", "alh.head.b"))
     return m, base
 
 
@@ -122,14 +120,14 @@ def _perturbed(name, seed=0):
 def test_transformed_dictionary_matches_dense_matrix(family):
     m, base = _perturbed(f"alh-{family}")
     x = np.random.default_rng(3).integers(0, BCFG.vocab_size, (2, 5))       # (B,T)
-    theta = m.forward(x)[2]["theta"]
+    theta = m.forward(x)[2].theta
     b, slot = 1, 3
     E_t = transformed_dictionary(family, theta, slot, b, base["wte"])       # (V,C)
     th = {k: (v if k == "a" else v[b, slot]) for k, v in theta.items()}
     A, off = dense_matrix(family, th, BCFG.n_embd)                          # (C,C), (C,)
     np.testing.assert_allclose(E_t, base["wte"] @ A.T + off, atol=1e-10)
     # the input latents the model actually used at (b, slot) are row x[b, slot] of that dictionary
-    np.testing.assert_allclose(m.forward(x)[2]["tok"][b, slot], E_t[x[b, slot]], atol=1e-10)
+    np.testing.assert_allclose(m.forward(x)[2].tok[b, slot], E_t[x[b, slot]], atol=1e-10)
 
 
 def test_householder_alh_is_orthogonal_per_position():

@@ -16,6 +16,7 @@ import pytest
 
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from builders import LN_GAINS, noisy_params, token_batch
 from strategies import dims, seeds, token_array
 from tolerances import assert_ulp_close
 
@@ -36,45 +37,21 @@ FLOOR = 1e-4
 N_SAMPLES = 30                       # entries per tensor checked (all of the smaller ones)
 
 SMALL = dict(vocab_size=11, block_size=7, n_layer=2, n_head=3, n_embd=9)   # hs = 3
-LN_GAINS = ("ln_1.w", "ln_2.w", "ln_f.w")
 
 
 def small_cfg(tied=True):
     return GPTConfig(**SMALL, tied=tied)
 
 
-def noisy_params(cfg, seed, dtype=np.float64):
-    """init_params plus noise on every tensor, so no gradient is degenerate or tiny.
-
-    LayerNorm gains 1 + 0.3 N, biases 0.1 N, weight matrices init + 0.3 N (std ~0.3).
-    """
-    params = init_params(cfg, seed=seed, dtype=dtype)
-    rng = np.random.default_rng(seed + 1000)
-    for name, p in params.items():
-        noise = rng.standard_normal(p.shape)                          # shape
-        if name.endswith(LN_GAINS):
-            params[name] = (1.0 + 0.3 * noise).astype(dtype)          # (C,)
-        elif name.endswith(".b"):
-            params[name] = (0.1 * noise).astype(dtype)                # (C,) / (3C,) / (4C,)
-        else:
-            params[name] = (p + 0.3 * noise).astype(dtype)            # shape
-    return params
-
-
 def make_batch(cfg, seed, B=2, T=5):
-    """ids, targets (B,T) int64 and an ignore mask (B,T) bool with some but not all positions set."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, cfg.vocab_size, size=(B, T))                # (B,T)
-    targets = rng.integers(0, cfg.vocab_size, size=(B, T))            # (B,T)
-    ignore = np.zeros((B, T), dtype=bool)                             # (B,T)
-    ignore.flat[rng.choice(B * T, size=(B * T) // 3, replace=False)] = True
-    return ids, targets, ignore
+    """ids, targets (B,T) int64 and an ignore mask (B,T) bool with a third (some but not all) of the positions set."""
+    return token_batch(np.random.default_rng(seed), cfg.vocab_size, B, T, ignore_frac=1 / 3)
 
 
 def forward_backward(params, cfg, ids, targets, ignore=None, frozen=frozenset(), dloss=1.0, tok=None):
     """A fresh forward then backward (gpt_backward spends its cache: dlogits overwrite the probs)."""
     _, loss, cache = gpt_forward(params, cfg, ids, targets, ignore, tok=tok)
-    grads, dtok = gpt_backward(cache, params, cfg, frozen=frozenset(frozen), dloss=dloss)
+    grads, dtok = gpt_backward(dloss, cache, frozen=frozenset(frozen))
     return float(loss), grads, dtok
 
 
@@ -180,24 +157,24 @@ def test_frozen_bias_and_weight_are_independent(frozen, name):
 def test_frozen_skips_the_work(monkeypatch):
     """Frozen modules do not run their dW matmuls / reductions, and a frozen wte skips the scatter."""
     calls = {"linear_dw": 0, "layernorm_dw": 0, "embed": 0}
-    linear_backward, layernorm_backward, embed_backward = (model.linear_backward, model.layernorm_backward,
-                                                           model.embed_backward)
+    linear_backward, layernorm_backward, embedding_backward = (model.linear_backward, model.layernorm_backward,
+                                                               model.embedding_backward)
 
-    def counting_linear(dout, cache, need_dx=True, need_dw=True):
+    def counting_linear(dout, cache, *, need_dx=True, need_dw=True):
         calls["linear_dw"] += need_dw
         return linear_backward(dout, cache, need_dx=need_dx, need_dw=need_dw)
 
-    def counting_layernorm(dout, cache, need_dw=True):
+    def counting_layernorm(dout, cache, *, need_dw=True):
         calls["layernorm_dw"] += need_dw
         return layernorm_backward(dout, cache, need_dw=need_dw)
 
-    def counting_embed(dtok, cache):
+    def counting_scatter(dtok, cache):
         calls["embed"] += 1
-        return embed_backward(dtok, cache)
+        return embedding_backward(dtok, cache)
 
     monkeypatch.setattr(model, "linear_backward", counting_linear)
     monkeypatch.setattr(model, "layernorm_backward", counting_layernorm)
-    monkeypatch.setattr(model, "embed_backward", counting_embed)
+    monkeypatch.setattr(model, "embedding_backward", counting_scatter)
     cfg = small_cfg()
     L = cfg.n_layer
     params = noisy_params(cfg, seed=10)
@@ -217,9 +194,9 @@ def test_backward_twice_on_one_cache_is_an_error():
     params = noisy_params(cfg, seed=12)
     ids, targets, _ = make_batch(cfg, seed=13)
     _, _, cache = gpt_forward(params, cfg, ids, targets)
-    gpt_backward(cache, params, cfg)
+    gpt_backward(1.0, cache)
     with pytest.raises(RunError, match="spent"):
-        gpt_backward(cache, params, cfg)
+        gpt_backward(1.0, cache)
 
 
 # ----------------------------------------------------------------------------------------------

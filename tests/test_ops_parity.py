@@ -22,8 +22,13 @@ absolute part measured in units of the array's own scale.
   * GELU's backward. The twin computes 1 + tanh(u) with u << 0, and its relative error grows as x
     falls (4e-4 at x = -4). The kernel's sigmoid form x sigmoid(2u) does not cancel
     (docs/ops/gelu.md). Gap 15%.
-* AdamW float32: the kernel receives float64 scalars, does the update in float64 and rounds once;
-  the twin does every step in float32; p, m, v agree to a few ulps (same F32 bound).
+* AdamW float32: the kernel and the twin both do the update in float64 and round once into p, m,
+  v; they differ only in the order of the float64 operations, so p, m, v agree to the last ulp
+  (same F32 bound).
+
+The two building blocks of the kernels are tested on their own: ``fexp`` (the float32 polynomial
+exp) against np.exp over a float32 grid that covers its clamps, the range where np.exp is
+subnormal, and NaN; ``rowmax`` (eight accumulators) against np.max for every tail length.
 
 The last test runs a tiny model with ``NUMBA_DISABLE_JIT=1`` in a subprocess (every kernel then
 runs as the plain Python function) and checks it against the jitted run in this process.
@@ -37,15 +42,20 @@ import numpy as np
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+import numba
+from numba import njit
+from builders import noisy, token_batch
 from strategies import dims, dtypes, float_array, seeds, token_array
 
-from alh_ref.ops import (attention_backward, attention_backward_ref, attention_forward, attention_forward_ref,
-                         embedding_backward, embedding_backward_ref, embedding_forward, gelu_backward,
-                         gelu_backward_ref, gelu_forward, gelu_forward_ref, layernorm_backward,
-                         layernorm_backward_ref, layernorm_forward, layernorm_forward_ref,
-                         softmax_cross_entropy_backward, softmax_cross_entropy_backward_ref,
-                         softmax_cross_entropy_forward, softmax_cross_entropy_forward_ref, softmax_ref)
-from alh_ref.optim import _adamw_kernel, adamw_update_ref
+from alh_ref.ops import (attention_backward_fast, attention_backward_ref, attention_forward_fast,
+                         attention_forward_ref, embedding_backward_fast, embedding_backward_ref, embedding_forward,
+                         gelu_backward_fast, gelu_backward_ref, gelu_forward_fast, gelu_forward_ref,
+                         layernorm_backward_fast, layernorm_backward_ref, layernorm_forward_fast,
+                         layernorm_forward_ref, softmax_cross_entropy_backward_fast,
+                         softmax_cross_entropy_backward_ref, softmax_cross_entropy_forward_fast,
+                         softmax_cross_entropy_forward_ref, softmax_ref)
+from alh_ref.ops._jit import fexp, rowmax
+from alh_ref.optim import adamw_update_fast, adamw_update_ref
 
 F64 = dict(rtol=1e-12, atol=1e-12)
 F32 = dict(rtol=2e-5, atol=1e-5)
@@ -77,12 +87,12 @@ def test_layernorm_parity(d, dtype, seed, need_dw):
     w = float_array(seed + 1, (C,), dtype, scale=0.3, shift=1.0)       # (C,)
     b = float_array(seed + 2, (C,), dtype, scale=0.1)                  # (C,)
     dout = float_array(seed + 3, (B, T, C), dtype)                     # (B,T,C)
-    out, cache = layernorm_forward(x, w, b)
+    out, cache = layernorm_forward_fast(x, w, b)
     out_r, cache_r = layernorm_forward_ref(x, w, b)
     close(out, out_r, dtype)
     close(cache[2], cache_r[2], dtype)                                 # mean (B,T)
     close(cache[3], cache_r[3], dtype)                                 # rstd (B,T)
-    dx, dw, db = layernorm_backward(dout, cache, need_dw=need_dw)
+    dx, dw, db = layernorm_backward_fast(dout, cache, need_dw=need_dw)
     dx_r, dw_r, db_r = layernorm_backward_ref(dout, cache_r, need_dw=need_dw)
     close(dx, dx_r, dtype)
     if need_dw:
@@ -96,10 +106,10 @@ def test_layernorm_parity(d, dtype, seed, need_dw):
 def test_gelu_parity(n, dtype, seed):
     x = float_array(seed, (n, 3), dtype, scale=3.0)                    # (n,3)
     dout = float_array(seed + 1, (n, 3), dtype)                        # (n,3)
-    out, cache = gelu_forward(x)
+    out, cache = gelu_forward_fast(x)
     out_r, cache_r = gelu_forward_ref(x)
     close(out, out_r, dtype)
-    close(gelu_backward(dout, cache), gelu_backward_ref(dout, cache_r), dtype)
+    close(gelu_backward_fast(dout, cache), gelu_backward_ref(dout, cache_r), dtype)
 
 
 @given(dims(), dtypes, seeds)
@@ -110,11 +120,11 @@ def test_attention_parity(d, dtype, seed):
     B, T, NH, C = d["B"], d["T"], d["NH"], d["C"]
     qkv = float_array(seed, (B, T, 3 * C), dtype)                      # (B,T,3C)
     dout = float_array(seed + 1, (B, T, C), dtype)                     # (B,T,C)
-    out, cache = attention_forward(qkv, NH)
+    out, cache = attention_forward_fast(qkv, NH)
     out_r, cache_r = attention_forward_ref(qkv, NH)
     close(out, out_r, dtype)
     close(cache[1], cache_r[1], dtype)                                 # att (B,NH,T,T)
-    close(attention_backward(dout, cache), attention_backward_ref(dout, cache_r), dtype)
+    close(attention_backward_fast(dout, cache), attention_backward_ref(dout, cache_r), dtype)
 
 
 @given(st.integers(1, 30), st.integers(1, 13), dtypes, seeds, st.floats(0.1, 3.0), st.booleans())
@@ -123,13 +133,13 @@ def test_softmax_ce_parity(N, V, dtype, seed, dloss, use_ignore):
     logits = float_array(seed, (N, V), dtype, scale=3.0)               # (N,V)
     targets = rng.integers(0, V, size=N)                               # (N,)
     ignore = rng.random(N) < 0.3 if use_ignore else None               # (N,) bool
-    loss, cache = softmax_cross_entropy_forward(logits, targets, ignore)
+    loss, cache = softmax_cross_entropy_forward_fast(logits, targets, ignore)
     loss_r, cache_r = softmax_cross_entropy_forward_ref(logits, targets, ignore)
     close(loss, loss_r, dtype)
     close(cache[0], cache_r[0], dtype)                                 # probs (N,V)
     d_r = softmax_cross_entropy_backward_ref(dloss, cache_r)
-    close(softmax_cross_entropy_backward(dloss, cache), d_r, dtype)
-    close(softmax_cross_entropy_backward(dloss, cache, inplace=True), d_r, dtype)
+    close(softmax_cross_entropy_backward_fast(dloss, cache), d_r, dtype)
+    close(softmax_cross_entropy_backward_fast(dloss, cache, inplace=True), d_r, dtype)
 
 
 @given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 7), st.integers(1, 6), dtypes, seeds)
@@ -139,7 +149,7 @@ def test_embedding_parity(B, T, C, V, dtype, seed):
     out, cache = embedding_forward(ids, table)
     np.testing.assert_array_equal(out, table[ids])                    # exact: a gather, no arithmetic
     dout = float_array(seed + 2, (B, T, C), dtype)                     # (B,T,C)
-    close(embedding_backward(dout, cache), embedding_backward_ref(dout, cache), dtype)
+    close(embedding_backward_fast(dout, cache), embedding_backward_ref(dout, cache), dtype)
 
 
 @given(st.integers(1, 50), dtypes, seeds, st.integers(1, 1000), st.sampled_from([0.0, 0.1]),
@@ -151,7 +161,7 @@ def test_adamw_kernel_parity(n, dtype, seed, t, wd, gscale, lr):
     m = float_array(seed + 2, (n,), dtype, scale=0.1)                  # (n,)
     v = np.abs(float_array(seed + 3, (n,), dtype, scale=0.1))          # (n,) second moments >= 0
     p_r, m_r, v_r = p.copy(), m.copy(), v.copy()                       # (n,) x3
-    _adamw_kernel(p, g, m, v, lr, b1, b2, eps, wd, 1.0 - b1 ** t, 1.0 - b2 ** t, gscale)
+    adamw_update_fast(p, g, m, v, lr, b1, b2, eps, wd, t, gscale)
     adamw_update_ref(p_r, g, m_r, v_r, lr, b1, b2, eps, wd, t, gscale)
     for got, expect in ((p, p_r), (m, m_r), (v, v_r)):
         close(got, expect, dtype)
@@ -161,11 +171,78 @@ def test_adamw_kernel_parity(n, dtype, seed, t, wd, gscale, lr):
 def test_softmax_ce_ref_matches_kernel_for_large_logit_gaps(dtype, gap):
     logits = np.array([[0.0, gap, 0.0]], dtype=dtype)                 # (N,V) target far below the max
     targets = np.array([0])                                           # (N,)
-    loss, _ = softmax_cross_entropy_forward(logits, targets)
+    loss, _ = softmax_cross_entropy_forward_fast(logits, targets)
     assert loss == pytest.approx(gap)                                 # the kernel is right
     with np.errstate(divide="ignore"):
         loss_r, _ = softmax_cross_entropy_forward_ref(logits, targets)
     assert loss_r == pytest.approx(gap)
+
+
+# ----------------------------------------------------------------------------------------------
+# the kernels' building blocks: fexp and rowmax (alh_ref/ops/_jit.py, docs/ops/jit.md)
+
+@njit
+def _fexp_all(x, out):
+    """out[i] = fexp(x[i]) inside jitted code, where fexp is the float32 polynomial (or np.exp in float64)."""
+    for i in range(x.shape[0]):
+        out[i] = fexp(x[i])
+
+
+F32_LO, F32_HI = np.float32(-87.33654), np.float32(88.0)    # fexp's clamps
+jitted = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="NUMBA_DISABLE_JIT=1: fexp is then np.exp itself")
+TINY32 = np.finfo(np.float32).tiny                           # 2**-126, the smallest normal float32
+
+
+@jitted
+def test_fexp_float32_against_np_exp():
+    grid = np.linspace(-110.0, 100.0, 400_001).astype(np.float32)                # (n,) step 5e-4
+    special = np.array([F32_LO, np.nextafter(F32_LO, np.float32(0)), np.nextafter(F32_LO, np.float32(-200)),
+                        F32_HI, np.nextafter(F32_HI, np.float32(200)), 0.0, -0.0, 1e-30, -1e-30,
+                        np.inf, -np.inf, np.nan], dtype=np.float32)             # (12,)
+    x = np.concatenate([grid, special])                                           # (n+12,)
+    got = np.empty_like(x)                                                        # (n+12,)
+    _fexp_all(x, got)
+    assert got.dtype == np.float32
+    with np.errstate(over="ignore"):
+        exact = np.exp(x.astype(np.float64))                                      # (n+12,) float64 reference
+        np32 = np.exp(x)                                                          # (n+12,) what np.exp gives in float32
+    inside = (x >= F32_LO) & (x <= F32_HI)
+    rel = np.abs(got[inside] - exact[inside]) / exact[inside]
+    assert rel.max() <= 1e-7                    # < 1 ulp (1.19e-7); docs/ops/jit.md states 8.4e-8 measured
+    np.testing.assert_allclose(got[inside], np32[inside], rtol=4 * np.finfo(np.float32).eps, atol=0)
+    below = x < F32_LO                                                            # incl. -inf
+    assert below.sum() > 30_000
+    assert np.all(got[below] == 0)              # exactly 0 where np.exp is subnormal or 0 ...
+    assert np.all(np32[below] < TINY32)         # ... which is below the smallest normal float32
+    assert np.any((np32[below] > 0) & (np32[below] < TINY32))   # the grid does cover np.exp's subnormal range
+    above = x > F32_HI                                                            # incl. +inf
+    assert np.all(got[above] == got[x == F32_HI][0])   # clamped at exp(88) = 1.65e38 (the same arithmetic, so equal)
+    assert np.all(np32[above] >= got[above])
+    assert np.isnan(got[np.isnan(x)]).all()
+
+
+def test_fexp_float64_is_np_exp():
+    x = np.linspace(-700.0, 700.0, 10_001)                                        # (n,) float64
+    got = np.empty_like(x)                                                        # (n,)
+    _fexp_all(x, got)
+    np.testing.assert_allclose(got, np.exp(x), rtol=4 * np.finfo(np.float64).eps, atol=0)   # libm exp vs NumPy's
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rowmax_every_tail_length(dtype):
+    """rowmax(x, n) == np.max(x[:n]) for n = 1 .. 2*8+1 (every tail n % 8, one and two full blocks of 8
+    accumulators), the maximum at every index in turn, and larger values beyond n that must be ignored."""
+    rng = np.random.default_rng(0)
+    for n in range(1, 18):
+        for where in range(n):
+            x = rng.standard_normal(n + 3).astype(dtype)                          # (n+3,)
+            x[where] = 5.0                                                        # the maximum, at each index
+            x[n:] = 9.0                                                           # beyond n: not part of the row
+            assert rowmax(x, n) == np.max(x[:n])    # max is exact (no rounding): equal on every CPU
+        x = -np.inf * np.ones(n, dtype=dtype)                                     # (n,) a fully masked row
+        assert rowmax(x, n) == -np.inf
+    x = rng.standard_normal(2048).astype(dtype)                                   # (2048,) a long row
+    assert rowmax(x, 2048) == x.max()           # max is exact: equal on every CPU
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,14 +260,14 @@ def test_softmax_rows_sum_to_one_and_shift_invariant(N, V, dtype, seed):
     p = softmax_ref(z)                                                 # (N,V)
     np.testing.assert_allclose(p.sum(-1), 1.0, **t)
     np.testing.assert_allclose(softmax_ref(zs), p, rtol=0, atol=shift_atol)
-    loss, cache = softmax_cross_entropy_forward(z, targets)
-    loss_s, cache_s = softmax_cross_entropy_forward(zs, targets)
+    loss, cache = softmax_cross_entropy_forward_fast(z, targets)
+    loss_s, cache_s = softmax_cross_entropy_forward_fast(zs, targets)
     np.testing.assert_allclose(cache[0].sum(-1), 1.0, **t)             # the kernel's probs
     np.testing.assert_allclose(cache_s[0], cache[0], rtol=0, atol=shift_atol)
     np.testing.assert_allclose(loss_s, loss, rtol=t["rtol"], atol=2 * shift_atol)
 
 
-@pytest.mark.parametrize("impl", [attention_forward, attention_forward_ref], ids=["numba", "ref"])
+@pytest.mark.parametrize("impl", [attention_forward_fast, attention_forward_ref], ids=["fast", "ref"])
 @given(d=dims(), dtype=dtypes, seed=seeds)
 @example(d={"B": 1, "T": 1, "NH": 1, "hs": 1, "C": 1}, dtype=np.float64, seed=0)
 @example(d={"B": 3, "T": 7, "NH": 3, "hs": 5, "C": 15}, dtype=np.float32, seed=1)
@@ -214,14 +291,11 @@ def tiny_results():
     """Forward+backward of a tiny float64 model; returns {key: list of floats} (JSON-ready)."""
     from alh_ref.model import GPTConfig, gpt_backward, gpt_forward, init_params
     cfg = GPTConfig(**_TINY)
-    params = init_params(cfg, seed=1, dtype=np.float64)
     rng = np.random.default_rng(2)
-    for name in params:                                                # non-degenerate values
-        params[name] = params[name] + 0.2 * rng.standard_normal(params[name].shape)  # shape
-    ids = rng.integers(0, cfg.vocab_size, size=(2, 5))                 # (B,T)
-    targets = rng.integers(0, cfg.vocab_size, size=(2, 5))             # (B,T)
+    params = noisy(init_params(cfg, seed=1, dtype=np.float64), 0.2, rng)  # non-degenerate values
+    ids, targets, _ = token_batch(rng, cfg.vocab_size, 2, 5)           # (B,T), (B,T)
     logits, loss, cache = gpt_forward(params, cfg, ids, targets)
-    grads, dtok = gpt_backward(cache, params, cfg, dloss=1.3)
+    grads, dtok = gpt_backward(1.3, cache)
     out = {"loss": [float(loss)], "logits": logits.ravel().tolist(), "dtok": dtok.ravel().tolist()}
     out.update({"grad." + n: g.ravel().tolist() for n, g in grads.items()})
     return out
@@ -246,8 +320,8 @@ def test_disable_jit_matches_jitted():
 
 @given(st.lists(st.integers(1, 40), min_size=1, max_size=5), dtypes, seeds)
 def test_grad_norm_kernel_matches_twin(sizes, dtype, seed):
-    """optim.global_grad_norm (Numba _sumsq_kernel) equals its NumPy twin (float64 sums either way)."""
-    from alh_ref.optim import global_grad_norm, global_grad_norm_ref
+    """optim.global_grad_norm_fast (Numba _sumsq_kernel) equals its NumPy twin (float64 sums either way)."""
+    from alh_ref.optim import global_grad_norm_fast, global_grad_norm_ref
     grads = {f"g{i}": float_array(seed + i, (n,), dtype, scale=3.0) for i, n in enumerate(sizes)}
-    got, ref = global_grad_norm(grads, list(grads)), global_grad_norm_ref(grads, list(grads))
+    got, ref = global_grad_norm_fast(grads, list(grads)), global_grad_norm_ref(grads, list(grads))
     assert got == pytest.approx(ref, rel=1e-12)

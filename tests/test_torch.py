@@ -2,12 +2,15 @@
 
 Skipped when torch is not installed (it is the optional ``torch`` extra).
 """
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (optional extra: pip install -e '.[torch]')")
+
+from builders import noisy, perturb, token_batch  # noqa: E402
 
 from alh_ref.alh import ALHConfig, alh_param_shapes  # noqa: E402
 from alh_ref.alh.methods import METHODS  # noqa: E402
@@ -26,13 +29,12 @@ ACFG = ALHConfig(D=8, K=4, R=2)
 
 def _base(cfg, seed=1):
     """Pretrained-like float64 base: the init plus noise (LayerNorm gains not 1, biases not 0)."""
-    rng = np.random.default_rng(seed)
-    return {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in init_params(cfg, seed, np.float64).items()}
+    return noisy(init_params(cfg, seed, np.float64), 0.1, np.random.default_rng(seed))
 
 
 def _batch(cfg, B=3, seed=2):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, cfg.vocab_size, (B, cfg.block_size)), rng.integers(0, cfg.vocab_size, (B, cfg.block_size))
+    ids, targets, _ = token_batch(np.random.default_rng(seed), cfg.vocab_size, B, cfg.block_size)
+    return ids, targets
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -54,9 +56,7 @@ def test_every_method_matches_numpy_forward_and_gradients(name):
     base = _base(CFG)
     x, y = _batch(CFG)
     npm = numpy_method(name, base, CFG, ACFG, seed=3)
-    rng = np.random.default_rng(4)
-    for a in npm.params.values():                                          # move off the identity init
-        a += 0.05 * rng.standard_normal(a.shape)
+    perturb(npm.params, 0.05, np.random.default_rng(4))                    # move off the identity init
     tm = make_method(name, base, CFG, ACFG, seed=3, dtype=torch.float64)
     load_trainable(tm, npm.params)
     assert list(tm.trainable()) == list(npm.params)
@@ -81,9 +81,7 @@ def test_untied_base_and_float32_match_numpy(name):
     x, y = _batch(cfg)
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
         npm = numpy_method(name, base, cfg, ACFG, seed=5)
-        rng = np.random.default_rng(6)
-        for a in npm.params.values():
-            a += 0.05 * rng.standard_normal(a.shape)
+        perturb(npm.params, 0.05, np.random.default_rng(6))
         tm = make_method(name, base, cfg, ACFG, seed=5, dtype=dtype)
         load_trainable(tm, npm.params)
         logits, _, _ = npm.forward(x, y)
@@ -94,8 +92,10 @@ def test_untied_base_and_float32_match_numpy(name):
 def test_golden_check_passes_every_case_in_float64():
     report = golden_check(GOLDEN)
     assert report["ok"], format_report(report)
+    manifest = json.loads((GOLDEN / "manifest.json").read_text())
     cases = {e["case"] for e in report["entries"]}
-    assert len(cases) == 17 and len(report["entries"]) > 1000
+    assert cases == set(manifest["cases"])
+    assert len(report["entries"]) == sum(len(c["tensors"]) for c in manifest["cases"].values())
     # a correct float64 port uses about 1e-3 of the tolerance (docs/golden.md section 8)
     assert max(e["share"] for e in report["entries"] if e["case"] != "gpt_f32") < 0.1
 
@@ -104,14 +104,15 @@ def test_golden_check_catches_a_wrong_layernorm_eps(monkeypatch):
     monkeypatch.setattr(tmodel, "LN_EPS", 1e-6)
     report = golden_check(GOLDEN, cases=["gpt_f64", "alh_film_both_mean"])
     assert not report["ok"]
-    assert report["first_failure"] == "gpt_f64/output.logits"
+    assert report["first_failure"] == "gpt_f64/act.h.0"          # the first block's LayerNorm diverges first
     assert "FAIL:" in format_report(report).splitlines()[-1]
 
 
 def test_golden_check_cli(capsys):
     assert main(["golden-check", str(GOLDEN), "--case", "gpt_f32"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1].startswith("PASS: 60 tensors in 1 case(s)")
+    n = len(json.loads((GOLDEN / "manifest.json").read_text())["cases"]["gpt_f32"]["tensors"])
+    assert out[-1].startswith(f"PASS: {n} tensors in 1 case(s)")
     assert any(line.startswith("gpt_f32") and "output.logits" in line for line in out)
 
 

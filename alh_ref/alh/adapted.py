@@ -1,30 +1,35 @@
 """The ALH-adapted model: a frozen base GPT whose latents are transformed per position by T_t.
 
-    c = Enc(ctx_ids)                         (B,T,D)   c_t sees ctx_ids[:, :t+1]
-    c_ext = [c_0, c_1 .. c_T]                (B,T+1,D) c_0 a learned empty context (alh.c0)
-    theta = Head(c_ext)                      per-position transform parameters, slot s = 0..T
-    input site:   tok_t = T_{slot t}   wte[x_t]     (slot t holds the context x_1..x_{t-1})
-    output site:  logits_t = (A^T z_t) . wte^T + z_t . b,  with T = T_{slot t+1} ("current", from
-                  x_1..x_t) or T_{slot t} ("prev", from x_1..x_{t-1})
-    z = body(tok) is the frozen base model; loss = mean CE(logits, y).
+Positions are 0-based, t = 0..T-1 (as in docs/alh.md and the arrays); slots s = 0..T:
+
+    c = Enc(ctx_ids)                         (B,T,D)    c[:, t] has read ctx_ids[:, 0..t]
+    c_ext = [alh.c0, c[:, 0], .., c[:, T-1]] (B,T+1,D)  slot 0 = the learned empty context alh.c0,
+                                                        slot s = c[:, s-1]: it has read the first s tokens
+    theta = Head(c_ext)                      transform parameters of every slot s = 0..T
+    input site:   tok_t = T_{slot t} wte[x_t]           (slot t has read x_0..x_{t-1}, none at t = 0)
+    output site:  logits_t = (A^T z_t) . W + z_t . b,   with T = T_{slot t+1} ("current": has read
+                  x_0..x_t) or T_{slot t} ("prev": has read x_0..x_{t-1})
+    z = body(tok) is the frozen base model; W its output dictionary; loss = mean CE(logits, y).
 
 Also the "side" capacity control (head = "side"): the same encoder, and z_t <- z_t + c_t @ W + b
-with W, b zero-initialised, instead of any transform of the latents (out_context "prev": c_{t-1},
-with c_{-1} = alh.c0, so like the prev transform it never reads x_t).
+with W, b zero-initialised, instead of any transform of the latents (out_context "prev": the slot
+t context c_ext[:, t] instead, which has not read x_t, like the prev transform).
 
 Base parameters are read, never written, and their gradients are not computed. Derivation and
 the normative definitions: docs/alh.md.
 """
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import InputError
-from ..model import body_backward, body_forward, check_ids, check_targets, embed_forward, param_shapes
+from ..model import (BodyCache, GPTConfig, HeadCache, body_backward, body_forward, check_ids, check_targets,
+                     embed_forward, head_backward, head_forward, param_shapes)
 from ..ops import linear_backward, linear_forward, softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .encoders import ENCODERS, encoder_backward, encoder_forward, encoder_init, encoder_param_shapes
-from .transforms import (FAMILIES, head_backward, head_forward, head_grad_buffers, head_init, head_param_shapes,
-                         transform_backward, transform_forward)
+from .theta_head import head_init, head_param_shapes, theta_backward, theta_forward, theta_grad_buffers
+from .transforms import FAMILIES, transform_backward, transform_forward
 
 SITES = ("input", "output", "both")
 OUT_CONTEXTS = ("current", "prev")
@@ -69,6 +74,28 @@ class ALHConfig:
         return asdict(self)
 
 
+class ALHCache(NamedTuple):
+    """Everything :func:`alh_backward` reads, and what inspection and the golden cases read.
+
+    The sub-caches a configuration does not use are None.
+    """
+
+    bcfg: GPTConfig         # the base model's shape
+    acfg: ALHConfig         # the hypernetwork's configuration
+    enc: tuple              # encoder cache (encoders.encoder_forward)
+    theta_head: tuple       # ThetaCache, or None for head = "side"
+    inp: tuple              # input-site transform cache (transforms.transform_forward), or None
+    body: BodyCache         # the frozen base body
+    side: tuple             # side head's linear cache, or None
+    out: tuple              # output-site transform cache, or None
+    lm_head: HeadCache      # the base model's output head
+    loss: list              # softmax_cross_entropy cache, or None without targets
+    c_ext: np.ndarray       # (B,T+1,D) the context of every slot 0..T
+    theta: dict             # the transform parameters of slots 0..T (theta_head.theta_forward), or None
+    tok: np.ndarray         # (B,T,C) the effective input latents
+    has_off: bool           # the output site added an offset z . b to the logits
+
+
 def _enc_args(bcfg, acfg):
     return (bcfg.vocab_size, bcfg.block_size, acfg.D, acfg.n_layer, acfg.n_head)
 
@@ -76,7 +103,7 @@ def _enc_args(bcfg, acfg):
 def alh_param_shapes(bcfg, acfg):
     """Ordered shapes of the hypernetwork's parameters: encoder (alh.enc.*), alh.c0 (D,), head.
 
-    The head is alh.head.* (see transforms.head_param_shapes) or, for head="side",
+    The head is alh.head.* (see theta_head.head_param_shapes) or, for head="side",
     alh.side.w (D,C) and alh.side.b (C,).
     """
     s = dict(encoder_param_shapes(acfg.encoder, *_enc_args(bcfg, acfg)))
@@ -92,7 +119,7 @@ def alh_param_shapes(bcfg, acfg):
 def alh_init(bcfg, acfg, seed=0, dtype=np.float32):
     """Initial hypernetwork parameters (seeded): the adapted model equals the base model exactly.
 
-    Encoder GPT-2-style; alh.c0 ~ N(0, 1); head as in transforms.head_init (the part that moves T
+    Encoder GPT-2-style; alh.c0 ~ N(0, 1); head as in theta_head.head_init (the part that moves T
     off the identity is zero); side head zero.
     """
     rng = np.random.default_rng(seed)
@@ -113,6 +140,15 @@ def _slots(theta, start, T):
     return {k: (v if k == "a" else v[:, start:start + T]) for k, v in theta.items()}
 
 
+def _add_slots(dtheta, dth, start):
+    """Backward of :func:`_slots`: add a site's dtheta (slots start..start+T-1) into the (B,T+1,...) buffers."""
+    for k, g in dth.items():
+        if k == "a":
+            dtheta[k] += g                                                                      # (J,C) shared
+        else:
+            dtheta[k][:, start:start + g.shape[1]] += g                                         # (B,T,...)
+
+
 def alh_forward(base, hyp, bcfg, acfg, ids, targets=None, ignore=None, ctx_ids=None):
     """Forward pass of the adapted model.
 
@@ -128,8 +164,9 @@ def alh_forward(base, hyp, bcfg, acfg, ids, targets=None, ignore=None, ctx_ids=N
     -------
     logits : ndarray (B,T,V)
     loss : scalar or None
-    cache : dict, with "theta" (per-slot transform parameters, slots 0..T) and "tok" (the
-        effective input latents (B,T,C)) for inspection and golden outputs
+    cache : ALHCache, for :func:`alh_backward`; for inspection and golden outputs it holds c_ext
+        (B,T+1,D) (the context of every slot), theta (the transform parameters of slots 0..T) and
+        tok (the effective input latents (B,T,C))
     """
     V = bcfg.vocab_size
     check_ids(ids, V, "ids", bcfg.block_size)
@@ -138,100 +175,92 @@ def alh_forward(base, hyp, bcfg, acfg, ids, targets=None, ignore=None, ctx_ids=N
     if ctx_ids.shape != ids.shape:
         raise InputError(f"ctx_ids has shape {ctx_ids.shape}; expected the shape of ids {ids.shape}")
     B, T = ids.shape
-    cache = {}
-    c, cache["enc"] = encoder_forward(hyp, acfg.encoder, ctx_ids, _enc_args(bcfg, acfg))       # (B,T) -> (B,T,D)
-    c0 = hyp["alh.c0"] if "alh.c0" in hyp else c[0, 0]                                         # static: c_0 = c
-    c_ext = np.concatenate([np.broadcast_to(c0, (B, 1, acfg.D)), c], axis=1)                    # (B,T+1,D)
+    c, c_enc = encoder_forward(hyp, acfg.encoder, ctx_ids, _enc_args(bcfg, acfg))              # (B,T) -> (B,T,D)
+    c0 = hyp["alh.c0"] if "alh.c0" in hyp else c[0, 0]                                         # static: slot 0 is c too
+    c_ext = np.concatenate([np.broadcast_to(c0, (B, 1, acfg.D)), c], axis=1)                    # (B,T+1,D) slots 0..T
 
     tok, _ = embed_forward(base, ids)                                                           # (B,T) -> (B,T,C)
-    theta = None
+    theta = c_theta = c_in = c_side = c_out = c_loss = None
     if acfg.head == "transform":
-        theta, cache["head"] = head_forward(hyp, acfg.family, c_ext, bcfg.n_embd, acfg.K, acfg.R)  # slots 0..T
+        theta, c_theta = theta_forward(hyp, acfg.family, c_ext, bcfg.n_embd, acfg.K, acfg.R)   # slots 0..T
         if acfg.site in ("input", "both"):
-            tok, _, cache["in"] = transform_forward(acfg.family, _slots(theta, 0, T), tok, False)  # (B,T,C): T_{t-1} wte[x_t]
-    z, cache["body"] = body_forward(base, bcfg, tok)                                            # (B,T,C)
+            tok, _, c_in = transform_forward(acfg.family, _slots(theta, 0, T), tok, False)      # (B,T,C): T_{slot t} wte[x_t]
+    z, c_body = body_forward(base, bcfg, tok)                                                   # (B,T,C)
 
     off = None
     if acfg.head == "side":
         if acfg.out_context == "prev":
-            c = c_ext[:, :T]                                                                    # (B,T,D) c_{t-1}: never x_t
-        side, cache["side"] = linear_forward(c, hyp["alh.side.w"], hyp["alh.side.b"])           # (B,T,D) -> (B,T,C)
+            c = c_ext[:, :T]                                                                    # (B,T,D) slot t: never x_t
+        side, c_side = linear_forward(c, hyp["alh.side.w"], hyp["alh.side.b"])                  # (B,T,D) -> (B,T,C)
         z = z + side                                                                            # (B,T,C)
     elif acfg.site in ("output", "both"):
         s0 = 1 if acfg.out_context == "current" else 0
-        z, off, cache["out"] = transform_forward(acfg.family, _slots(theta, s0, T), z, True)    # (B,T,C): A^T z
-    W = base["wte"] if bcfg.tied else base["lm_head.w"].T                                       # (V,C)
-    logits = (z.reshape(B * T, -1) @ W.T).reshape(B, T, -1)                                     # (N,C) @ (C,V) -> (B,T,V)
+        z, off, c_out = transform_forward(acfg.family, _slots(theta, s0, T), z, True)           # (B,T,C): A^T z, slot t+s0
+    logits, c_head = head_forward(base, bcfg, z)                                                # (B,T,C) -> (B,T,V): z . W
     if off is not None:
         logits += off[..., None]                                                                # (B,T,V) + (B,T,1):  + z . b
-    cache.update(theta=theta, tok=tok, zt=z, W=W, c_ext_shape=c_ext.shape)
     loss = None
     if targets is not None:
         check_targets(targets, ignore, ids.shape, V)
         ig = None if ignore is None else ignore.reshape(-1)
-        loss, cache["loss"] = softmax_cross_entropy_forward(logits.reshape(-1, V), targets.reshape(-1), ig)
+        loss, c_loss = softmax_cross_entropy_forward(logits.reshape(-1, V), targets.reshape(-1), ig)
+    cache = ALHCache(bcfg, acfg, c_enc, c_theta, c_in, c_body, c_side, c_out, c_head, c_loss, c_ext, theta, tok,
+                     off is not None)
     return logits, loss, cache
 
 
-def alh_backward(cache, base, hyp, bcfg, acfg, dloss=1.0, frozen=frozenset()):
+def alh_backward(dloss, cache, *, frozen=frozenset()):
     """Backward pass of the adapted model: gradients of the hypernetwork only.
 
-    The base model's parameters are frozen: the body backward is called with every base name
-    frozen, so only activation gradients flow through it (no dW matmuls).
+    The base model's parameters are frozen: the base stages' backwards are called with every base
+    name frozen, so only activation gradients flow through them (no dW matmuls).
 
     Parameters
     ----------
+    dloss : float   upstream gradient of the loss (1.0 for the gradient of the loss itself)
+    cache : ALHCache from alh_forward (called with targets); its loss cache is spent, as in gpt_backward
     frozen : set of hypernetwork parameter names whose gradients are not returned, decided per name
         (freezing alh.head.w keeps alh.head.b); work is skipped where a whole layer is frozen
 
     Returns
     -------
-    grads : dict over the hypernetwork's names (minus ``frozen``)
+    grads : dict over the hypernetwork's names (minus ``frozen``), in alh_param_shapes order
     """
-    B, T, C = cache["tok"].shape
+    bcfg, acfg = cache.bcfg, cache.acfg
+    B, T, C = cache.tok.shape
     base_frozen = frozenset(param_shapes(bcfg))
-    dlogits = softmax_cross_entropy_backward(dloss, cache["loss"], inplace=True).reshape(B, T, -1)  # (B,T,V)
-    dz = (dlogits.reshape(B * T, -1) @ cache["W"]).reshape(B, T, C)                             # (N,V) @ (V,C) -> (B,T,C)
+    dlogits = softmax_cross_entropy_backward(dloss, cache.loss, inplace=True).reshape(B, T, -1)  # (B,T,V)
+    _, dz = head_backward(dlogits, cache.lm_head, frozen=base_frozen)                           # (B,T,V) -> (B,T,C); no dW
     grads = {}
-    theta = cache["theta"]
-    draw, dtheta = (None, None) if theta is None else head_grad_buffers(cache["head"], dz.dtype)  # (B,T+1,P) + views
+    draw, dtheta = (None, None) if cache.theta is None else theta_grad_buffers(cache.theta_head, dz.dtype)  # (B,T+1,P) + views
     dc = np.zeros((B, T, acfg.D), dtype=dz.dtype)                                               # (B,T,D)
     if acfg.head == "side":
         dside = dz                                                                              # z = z + side
-        dcs, grads["alh.side.w"], grads["alh.side.b"] = linear_backward(dside, cache["side"])  # (B,T,C) -> (B,T,D)
+        dcs, grads["alh.side.w"], grads["alh.side.b"] = linear_backward(dside, cache.side)     # (B,T,C) -> (B,T,D)
         if acfg.out_context == "current":
             dc += dcs
-        else:                                                                                   # read c_ext slots 0..T-1
+        else:                                                                                   # read slots 0..T-1
             dc[:, :-1] += dcs[:, 1:]
-            dc0 = dcs[:, 0].sum(0)                                                              # (D,)
+            dc0 = dcs[:, 0].sum(0)                                                              # (D,) slot 0
     elif acfg.site in ("output", "both"):
-        doff = dlogits.sum(-1) if cache["out"][0] == "film" else None                           # (B,T)  inverts + off
-        dth, dz = transform_backward(dz, doff, cache["out"])                                    # (B,T,C)
-        s0 = 1 if acfg.out_context == "current" else 0
-        for k, v in dth.items():
-            if k == "a":
-                dtheta[k] += v
-            else:
-                dtheta[k][:, s0:s0 + T] += v
-    dtok = body_backward(dz, cache["body"], bcfg, {}, base_frozen)                              # (B,T,C)
+        doff = dlogits.sum(-1) if cache.has_off else None                                       # (B,T)  inverts + off
+        dth, dz = transform_backward(dz, doff, cache.out)                                       # (B,T,C)
+        _add_slots(dtheta, dth, 1 if acfg.out_context == "current" else 0)                      # position t used slot t+s0
+    _, dtok = body_backward(dz, cache.body, frozen=base_frozen)                                 # (B,T,C)
     if acfg.head == "transform" and acfg.site in ("input", "both"):
-        dth, _ = transform_backward(dtok, None, cache["in"])                                    # dwte not needed: base frozen
-        for k, v in dth.items():
-            if k == "a":
-                dtheta[k] += v
-            else:
-                dtheta[k][:, 0:T] += v
+        dth, _ = transform_backward(dtok, None, cache.inp)                                      # dwte not needed: base frozen
+        _add_slots(dtheta, dth, 0)                                                              # position t used slot t
     if acfg.head == "transform":
-        hg, dc_ext = head_backward(draw, dtheta, cache["head"], frozen)                         # (B,T+1,P) -> (B,T+1,D)
+        hg, dc_ext = theta_backward(draw, dtheta, cache.theta_head, frozen=frozen)              # (B,T+1,P) -> (B,T+1,D)
         grads.update(hg)
-        dc += dc_ext[:, 1:]                                                                     # slots 1..T are c_1..c_T
-        dc0 = dc_ext[:, 0].sum(0)                                                               # (D,) slot 0 is c_0
+        dc += dc_ext[:, 1:]                                                                     # slot s = 1..T is c[:, s-1]
+        dc0 = dc_ext[:, 0].sum(0)                                                               # (D,) slot 0 is alh.c0
     elif acfg.out_context == "current":
         dc0 = None
-    grads.update(encoder_backward(dc, cache["enc"], frozen))
+    grads.update(encoder_backward(dc, cache.enc, frozen=frozen))
     if dc0 is not None:
         if acfg.encoder != "static":
             grads["alh.c0"] = dc0
         elif "alh.enc.c" in grads:                                                              # absent when frozen
-            grads["alh.enc.c"] = grads["alh.enc.c"] + dc0                                       # static: c_0 is c too
+            grads["alh.enc.c"] = grads["alh.enc.c"] + dc0                                       # static: slot 0 is c too
     return {n: grads[n] for n in alh_param_shapes(bcfg, acfg) if n in grads and n not in frozen}

@@ -1,13 +1,15 @@
 """Context encoders: read the context tokens, give one context vector per position.
 
-c_t depends only on x_1..x_t (causal). Every encoder has its own small embedding table; its
+Positions are 0-based (t = 0..T-1): c_t depends only on x_0..x_t (causal). Every encoder has its own small embedding table; its
 parameters are named ``alh.enc.*``. Derivations: docs/alh.md.
 
     transformer  c = LN_f(blocks(E[x] + P))      a tiny causal GPT body (width D, Lh blocks, NHh heads),
                                                  built from the same stages as the base model
-    mean         m_t = (1/t) sum_{s<=t} E[x_s];  c_t = LN_f(m_t + MLP(m_t))
+    mean         m_t = (1/(t+1)) sum_{s<=t} E[x_s];  c_t = LN_f(m_t + MLP(m_t))
     static       c_t = c (one learned vector): no context at all (the static-<family> baselines)
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from ..model import (GPTConfig, body_backward, body_forward, embed_backward, embed_forward, init_params,
@@ -16,6 +18,28 @@ from ..ops import gelu_backward, gelu_forward, layernorm_backward, layernorm_for
 
 ENCODERS = ("transformer", "mean", "static")
 PREFIX = "alh.enc."
+
+
+class TransformerEncoderCache(NamedTuple):
+    """What the transformer encoder's backward needs."""
+
+    c_emb: tuple            # model.embed_forward cache
+    c_body: tuple           # model.body_forward cache
+
+
+class MeanEncoderCache(NamedTuple):
+    """What the mean encoder's backward needs."""
+
+    counts: np.ndarray      # (1,T,1) t + 1, the running mean's divisors
+    c_emb: tuple            # embedding cache
+    c_fc: tuple             # mlp.c_fc linear cache
+    c_g: tuple              # GELU cache
+    c_pr: tuple             # mlp.c_proj linear cache
+    c_ln: tuple             # ln_f cache
+
+
+class StaticEncoderCache(NamedTuple):
+    """The static encoder reads nothing; its backward only sums dc."""
 
 
 def _ecfg(V, T, D, n_layer, n_head):
@@ -76,16 +100,15 @@ def encoder_forward(hyp, kind, ids, ecfg_args):
 
     Returns
     -------
-    c : ndarray (B,T,D)   c_t depends on ids[:, :t+1] only
-    cache : tuple
+    c : ndarray (B,T,D)   c[:, t] depends on ids[:, 0..t] only
+    cache : TransformerEncoderCache | MeanEncoderCache | StaticEncoderCache
     """
     p = _strip(hyp)
     B, T = ids.shape
     if kind == "transformer":
-        ecfg = _ecfg(*ecfg_args)
         tok, c_emb = embed_forward(p, ids)                                                      # (B,T) -> (B,T,D)
-        c, c_body = body_forward(p, ecfg, tok)                                                  # (B,T,D)
-        return c, (kind, ecfg, c_emb, c_body)
+        c, c_body = body_forward(p, _ecfg(*ecfg_args), tok)                                     # (B,T,D)
+        return c, TransformerEncoderCache(c_emb, c_body)
     if kind == "mean":
         e, c_emb = embed_forward(p, ids)                                                        # (B,T) -> (B,T,D)
         counts = np.arange(1, T + 1, dtype=e.dtype)[None, :, None]                              # (1,T,1)
@@ -94,40 +117,39 @@ def encoder_forward(hyp, kind, ids, ecfg_args):
         g, c_g = gelu_forward(f)                                                                # (B,T,4D)
         o, c_pr = linear_forward(g, p["mlp.c_proj.w"], p["mlp.c_proj.b"])                       # (B,T,4D) -> (B,T,D)
         c, c_ln = layernorm_forward(m + o, p["ln_f.w"], p["ln_f.b"])                            # (B,T,D)
-        return c, (kind, counts, c_emb, c_fc, c_g, c_pr, c_ln)
+        return c, MeanEncoderCache(counts, c_emb, c_fc, c_g, c_pr, c_ln)
     c = np.broadcast_to(p["c"], (B, T, p["c"].shape[0])).copy()                                 # (D,) -> (B,T,D)
-    return c, (kind,)
+    return c, StaticEncoderCache()
 
 
-def encoder_backward(dc, cache, frozen=frozenset()):
+def encoder_backward(dc, cache, *, frozen=frozenset()):
     """Backward of :func:`encoder_forward`.
 
     Parameters
     ----------
     dc : ndarray (B,T,D)   dL/dc
+    cache : from encoder_forward
+    frozen : set of names (``alh.enc.*``) whose gradients are not returned
 
     Returns
     -------
     grads : dict of the encoder's named gradients (prefixed ``alh.enc.``)
     """
-    kind = cache[0]
     g = {}
     fz = {n[len(PREFIX):] for n in frozen if n.startswith(PREFIX)}
-    if kind == "transformer":
-        _, ecfg, c_emb, c_body = cache
-        dtok = body_backward(dc, c_body, ecfg, g, fz)                                           # (B,T,D)
-        if "wte" not in fz:
-            g["wte"] = embed_backward(dtok, c_emb)                                              # (V,D)
-    elif kind == "mean":
-        _, counts, c_emb, c_fc, c_g, c_pr, c_ln = cache
+    if isinstance(cache, TransformerEncoderCache):
+        g, dtok = body_backward(dc, cache.c_body, frozen=fz)                                    # (B,T,D)
+        g.update(embed_backward(dtok, cache.c_emb, frozen=fz))                                  # (V,D)
+    elif isinstance(cache, MeanEncoderCache):
+        counts, c_emb, c_fc, c_g, c_pr, c_ln = cache
         dres, g["ln_f.w"], g["ln_f.b"] = layernorm_backward(dc, c_ln)                           # (B,T,D)  inverts LN_f(m + o)
         dg, g["mlp.c_proj.w"], g["mlp.c_proj.b"] = linear_backward(dres, c_pr)                  # (B,T,D) -> (B,T,4D)
         df = gelu_backward(dg, c_g)                                                             # (B,T,4D)
         dm, g["mlp.c_fc.w"], g["mlp.c_fc.b"] = linear_backward(df, c_fc)                        # (B,T,4D) -> (B,T,D)
         dm = dm + dres                                                                          # residual m + o
-        dsum = dm / counts                                                                      # (B,T,D)  inverts / t
+        dsum = dm / counts                                                                      # (B,T,D)  inverts / (t+1)
         de = np.cumsum(dsum[:, ::-1], axis=1)[:, ::-1]                                          # (B,T,D)  inverts cumsum: suffix sums
-        g["wte"] = embed_backward(np.ascontiguousarray(de), c_emb)                              # (V,D)
+        g.update(embed_backward(np.ascontiguousarray(de), c_emb))                               # (V,D)
     else:
         g["c"] = dc.reshape(-1, dc.shape[-1]).sum(0)                                            # (B,T,D) -> (D,)
     return {PREFIX + n: a for n, a in g.items() if PREFIX + n not in frozen}

@@ -26,8 +26,8 @@ import numpy as np
 from ..errors import InputError
 from ..model import decayed, gpt_backward, gpt_forward, param_shapes
 from .adapted import ALHConfig, alh_backward, alh_forward, alh_init
-from .transforms import (FAMILIES, head_backward, head_forward, head_grad_buffers, head_param_shapes, transform_backward,
-                         transform_forward)
+from .theta_head import head_param_shapes, theta_backward, theta_forward, theta_grad_buffers
+from .transforms import FAMILIES, transform_backward, transform_forward
 
 BASELINES = ("none", "embed-ft", "embed-ft-l2", "lora-embed", "full-ft", "side", "alh-shuffled")
 METHODS = BASELINES + tuple(f"alh-{f}" for f in FAMILIES) + tuple(f"static-{f}" for f in FAMILIES)
@@ -135,13 +135,13 @@ def _alh_method(name, base, bcfg, acfg, seed, shuffled=False):
 
     def loss_and_grads(x, y, dom=None):
         _, loss, cache = forward(x, y, None, dom)
-        return float(loss), alh_backward(cache, base, hyp, bcfg, acfg)
+        return float(loss), alh_backward(1.0, cache)
 
     def dictionaries(x=None, n_positions=16, seed=0):
         """T_{slot} wte at ``n_positions`` sampled (b, t) of x (the input site's slot t; output-only: t+1 or t)."""
         if x is None:
             raise InputError(f"method {name!r} needs x: its dictionary depends on the context")
-        theta = forward(x)[2]["theta"]
+        theta = forward(x)[2].theta
         B, T = x.shape
         n = min(int(n_positions), B * T)
         if n < 1:
@@ -179,7 +179,7 @@ def _static_linear_method(name, base, bcfg, acfg, seed):
     frozen = frozenset(n for n in param_shapes(bcfg) if n != "wte")
 
     def mats():
-        theta, hcache = head_forward(hyp, fam, hyp["alh.enc.c"][None, None], C, acfg.K, acfg.R)   # (1,1,...) one slot
+        theta, hcache = theta_forward(hyp, fam, hyp["alh.enc.c"][None, None], C, acfg.K, acfg.R)  # (1,1,...) one slot
         th = {k: (v if k == "a" else np.broadcast_to(v, (1, C) + v.shape[2:])) for k, v in theta.items()}
         Y = {}
         for site, tr in (("in", False), ("out", True)):
@@ -201,8 +201,8 @@ def _static_linear_method(name, base, bcfg, acfg, seed):
 
     def loss_and_grads(x, y, dom=None):
         _, loss, (cache, p, Y, hcache, tok) = run(x, y)
-        g, dtok = gpt_backward(cache, p, bcfg, frozen if "out" in Y else frozen | {"wte"})
-        draw, dtheta = head_grad_buffers(hcache, tok.dtype)                                 # (1,1,P) + views
+        g, dtok = gpt_backward(1.0, cache, frozen=frozen if "out" in Y else frozen | {"wte"})
+        draw, dtheta = theta_grad_buffers(hcache, tok.dtype)                                # (1,1,P) + views
         dY = {}
         if "in" in Y:
             dY["in"] = tok.reshape(-1, C).T @ dtok.reshape(-1, C)                           # (C,N) @ (N,C)
@@ -215,7 +215,7 @@ def _static_linear_method(name, base, bcfg, acfg, seed):
                     dtheta[k] += v
                 else:
                     dtheta[k] += v.sum(1, keepdims=True)                                    # (1,C,...) -> (1,1,...)
-        grads, dc = head_backward(draw, dtheta, hcache)                                     # (1,1,P) -> (1,1,D)
+        grads, dc = theta_backward(draw, dtheta, hcache)                                    # (1,1,P) -> (1,1,D)
         grads["alh.enc.c"] = dc[0, 0]                                                       # (D,)
         return float(loss), {n: grads[n] for n in hyp}
 
@@ -238,7 +238,7 @@ def _base_method(name, base, bcfg, trainable_names, l2=0.0):
 
     def loss_and_grads(x, y, dom=None):
         _, loss, cache = gpt_forward(base, bcfg, x, y)
-        grads, _ = gpt_backward(cache, base, bcfg, frozen)
+        grads, _ = gpt_backward(1.0, cache, frozen=frozen)
         for n, p0 in init.items():                                                 # + (l2/2) ||p - p0||^2
             d = params[n] - p0                                                     # same shape as p
             loss = loss + 0.5 * l2 * float((d.astype(np.float64) ** 2).sum())
@@ -267,7 +267,7 @@ def _lora_method(base, bcfg, rank, seed):
     def loss_and_grads(x, y, dom=None):
         p = eff()
         _, loss, cache = gpt_forward(p, bcfg, x, y)
-        g, _ = gpt_backward(cache, p, bcfg, frozen)
+        g, _ = gpt_backward(1.0, cache, frozen=frozen)
         dW = g["wte"]                                                               # (V,C)
         return float(loss), {"lora.a": dW @ params["lora.b"].T,                     # (V,C) @ (C,R) -> (V,R)
                              "lora.b": params["lora.a"].T @ dW}                     # (R,V) @ (V,C) -> (R,C)

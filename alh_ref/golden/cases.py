@@ -15,7 +15,6 @@ import numpy as np
 
 from .. import ops
 from ..alh.adapted import ALHConfig, alh_backward, alh_forward, alh_init, alh_param_shapes
-from ..alh.encoders import encoder_forward
 from ..errors import InputError
 from ..model import GPTConfig, block_forward, decayed, embed_forward, gpt_backward, gpt_forward, init_params, param_shapes
 from ..optim import AdamW, AdamWConfig
@@ -162,16 +161,6 @@ def _alh_cfg(spec):
     return ALHConfig(head="transform", **spec["alh"])
 
 
-def _context(hyp, acfg, x, cache):
-    """c_ext (B,T+1,D): slot 0 = alh.c0, slot t+1 = the encoder's context vector at position t."""
-    if "c_ext" in cache:
-        return cache["c_ext"]                                                                   # (B,T+1,D)
-    c, _ = encoder_forward(hyp, acfg.encoder, x, (GPT_CFG.vocab_size, GPT_CFG.block_size, acfg.D,
-                                                  acfg.n_layer, acfg.n_head))                   # (B,T) -> (B,T,D)
-    c0 = np.broadcast_to(hyp["alh.c0"], (x.shape[0], 1, acfg.D))                                # (B,1,D)
-    return np.concatenate([c0, c], axis=1)                                                      # (B,T+1,D)
-
-
 def _activations(params, x):
     """act.h.{l} (B,T,C) after each block and act.ln_f (B,T,C), through the model's own stage functions."""
     tok, _ = embed_forward(params, x)                                                           # (B,T) -> (B,T,C)
@@ -196,7 +185,7 @@ def _gpt_outputs(params, x, y):
     out = _activations(params, x)
     logits, loss, cache = gpt_forward(params, GPT_CFG, x, y)                                    # (B,T,V), ()
     out.update({"output.logits": logits, "output.loss": np.asarray(loss), "dlogits": _dlogits(logits, y)})
-    grads, _ = gpt_backward(cache, params, GPT_CFG)
+    grads, _ = gpt_backward(1.0, cache)
     out.update({"grad." + n: grads[n] for n in reversed(param_shapes(GPT_CFG))})               # backward order
     return out
 
@@ -204,11 +193,11 @@ def _gpt_outputs(params, x, y):
 def _alh_outputs(base, hyp, acfg, x, y):
     """alh.*, output.* and grad.alh.* (backward order) of the adapted model."""
     logits, loss, cache = alh_forward(base, hyp, GPT_CFG, acfg, x, y)                          # (B,T,V), ()
-    out = {"alh.context": _context(hyp, acfg, x, cache)}                                        # (B,T+1,D)
-    out.update({"alh.theta." + k: v for k, v in cache["theta"].items()})
-    out["alh.tok"] = cache["tok"]                                                               # (B,T,C)
+    out = {"alh.context": cache.c_ext}                                                          # (B,T+1,D)
+    out.update({"alh.theta." + k: v for k, v in cache.theta.items()})
+    out["alh.tok"] = cache.tok                                                                  # (B,T,C)
     out.update({"output.logits": logits, "output.loss": np.asarray(loss)})
-    grads = alh_backward(cache, base, hyp, GPT_CFG, acfg)
+    grads = alh_backward(1.0, cache)
     out.update({"grad." + n: grads[n] for n in reversed(alh_param_shapes(GPT_CFG, acfg))})     # backward order
     return out
 
@@ -251,7 +240,7 @@ def _train_outputs(base, hyp, acfg, xs, ys, opt_cfg):
 
         def loss_and_grads(x, y):
             _, loss, cache = alh_forward(base, params, GPT_CFG, acfg, x, y)
-            return float(loss), alh_backward(cache, base, params, GPT_CFG, acfg)
+            return float(loss), alh_backward(1.0, cache)
     losses, norms, lrs, grads0 = _train(params, names, loss_and_grads, xs, ys, opt_cfg)
     out = {"train.step0.grad." + n: grads0[n] for n in reversed(names)}                        # backward order
     out.update({"train.losses": losses, "train.grad_norm": norms, "train.lr": lrs})

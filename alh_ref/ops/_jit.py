@@ -12,7 +12,7 @@ check Python semantics needs is a branch in every loop that divides, and it stop
 With the environment variable ``NUMBA_DISABLE_JIT=1`` Numba returns the plain Python function, so
 every kernel still runs (slowly) and can be stepped through in a debugger. Kernels are serial (no
 ``parallel=True``): on 2 cores the BLAS pool already uses both, and two thread pools spinning
-against each other cost more than they give (../shared/PERF_NOTES.md).
+against each other cost more than they give.
 
 Caveat: Numba's cache tracks only a kernel's own source file. After editing :func:`fexp` below,
 delete ``alh_ref/ops/__pycache__/*.nbi`` and ``*.nbc`` so the kernels that call it are rebuilt.

@@ -3,8 +3,9 @@
 qkv (B,T,3C) holds q, k, v in that order along the last axis; each is split into NH contiguous
 heads of size hs = C/NH. out = concat_heads(softmax(q k^T / sqrt(hs) + causal mask) v).
 
-``attention_forward`` / ``attention_backward`` are the fast path (batched BLAS matmuls for the
-products, Numba kernels for the causal softmax and its backward); ``*_ref`` are the NumPy twins.
+``attention_forward_fast`` / ``attention_backward_fast`` are the fast path (batched BLAS matmuls for
+the products, Numba kernels for the causal softmax and its backward); ``*_ref`` are the NumPy twins;
+``attention_forward`` / ``attention_backward`` call one or the other, by ``alh_ref.ops.current()``.
 Derivation: docs/ops/attention.md.
 """
 import math
@@ -12,6 +13,7 @@ import math
 import numpy as np
 
 from ._jit import fexp, kernel, rowmax
+from .impl import dispatch
 
 
 def _split_heads(qkv, NH):
@@ -181,7 +183,7 @@ def _causal_apply_t(a, y, out):
     np.matmul(a[..., h:, h:].swapaxes(-1, -2), y[..., h:, :], out=out[..., h:, :])  # (T-h,T-h) @ (T-h,hs) -> (T-h,hs)
 
 
-def attention_forward(qkv, NH):
+def attention_forward_fast(qkv, NH):
     """Causal attention forward (BLAS products + Numba softmax). Same contract as :func:`attention_forward_ref`."""
     B, T, C3 = qkv.shape
     C = C3 // 3
@@ -197,7 +199,7 @@ def attention_forward(qkv, NH):
     return out, (qkv, att, NH)
 
 
-def attention_backward(dout, cache):
+def attention_backward_fast(dout, cache):
     """Causal attention backward (BLAS products + Numba softmax backward). Same contract as :func:`attention_backward_ref`."""
     qkv, att, NH = cache
     B, T, C3 = qkv.shape
@@ -215,3 +217,7 @@ def attention_backward(dout, cache):
     _causal_apply(dpre, k, dq)                              # (B,NH,T,T) @ (B,NH,T,hs) -> dq = dpre k
     _causal_apply_t(dpre, q, dk)                            # (B,NH,T,T)^T @ (B,NH,T,hs) -> dk = dpre^T q
     return dqkv
+
+
+attention_forward = dispatch(attention_forward_fast, attention_forward_ref)
+attention_backward = dispatch(attention_backward_fast, attention_backward_ref)

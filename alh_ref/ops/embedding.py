@@ -1,12 +1,14 @@
 """Table lookup (token embeddings) and its scatter-add backward.
 
 out[b,t] = table[ids[b,t]];  dtable[v] = sum over positions (b,t) with ids[b,t] = v of dout[b,t].
-``embedding_backward`` runs the Numba scatter-add; ``embedding_backward_ref`` is the NumPy twin
-(np.add.at). Derivation: docs/ops/embedding.md.
+``embedding_backward_fast`` runs the Numba scatter-add; ``embedding_backward_ref`` is the NumPy twin
+(np.add.at); ``embedding_backward`` calls one or the other, by ``alh_ref.ops.current()``. The
+forward is a NumPy gather in both. Derivation: docs/ops/embedding.md.
 """
 import numpy as np
 
 from ._jit import kernel
+from .impl import dispatch
 
 
 def embedding_forward(ids, table):
@@ -54,7 +56,7 @@ def _embedding_backward_kernel(ids, dout, dtable):
             dtable[v, c] += dout[i, c]
 
 
-def embedding_backward(dout, cache):
+def embedding_backward_fast(dout, cache):
     """Scatter-add backward (Numba kernel). Same contract as :func:`embedding_backward_ref`."""
     ids, V = cache
     C = dout.shape[-1]
@@ -62,3 +64,6 @@ def embedding_backward(dout, cache):
     _embedding_backward_kernel(np.ascontiguousarray(ids).reshape(-1),
                                np.ascontiguousarray(dout).reshape(-1, C), dtable)
     return dtable
+
+
+embedding_backward = dispatch(embedding_backward_fast, embedding_backward_ref)

@@ -1,6 +1,7 @@
 """GELU, tanh approximation (as GPT-2): y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 
-``gelu_forward`` / ``gelu_backward`` run the Numba kernels; ``*_ref`` are the NumPy twins.
+``gelu_forward_fast`` / ``gelu_backward_fast`` run the Numba kernels; ``*_ref`` are the NumPy twins;
+``gelu_forward`` / ``gelu_backward`` call one or the other, by ``alh_ref.ops.current()``.
 Derivation: docs/ops/gelu.md.
 """
 import math
@@ -8,6 +9,7 @@ import math
 import numpy as np
 
 from ._jit import fexp, kernel
+from .impl import dispatch
 
 GELU_SCALE = math.sqrt(2.0 / math.pi)
 GELU_CUBE = 0.044715
@@ -92,7 +94,7 @@ def _gelu_backward_kernel(dout, x, dx):
         dx[i] = dout[i] * (sig + two * xi * sig * (e * sig) * s * (one + three * a * xi * xi))
 
 
-def gelu_forward(x):
+def gelu_forward_fast(x):
     """GELU forward (Numba kernel). Same contract as :func:`gelu_forward_ref`."""
     xf = np.ascontiguousarray(x).reshape(-1)                # (...) -> (n,)
     out = np.empty_like(xf)                                 # (n,)
@@ -100,7 +102,7 @@ def gelu_forward(x):
     return out.reshape(x.shape), (x,)
 
 
-def gelu_backward(dout, cache):
+def gelu_backward_fast(dout, cache):
     """GELU backward (Numba kernel). Same contract as :func:`gelu_backward_ref`."""
     (x,) = cache
     xf = np.ascontiguousarray(x).reshape(-1)                # (n,)
@@ -108,3 +110,7 @@ def gelu_backward(dout, cache):
     dx = np.empty_like(xf)                                  # (n,)
     _gelu_backward_kernel(df, xf, dx)
     return dx.reshape(x.shape)
+
+
+gelu_forward = dispatch(gelu_forward_fast, gelu_forward_ref)
+gelu_backward = dispatch(gelu_backward_fast, gelu_backward_ref)

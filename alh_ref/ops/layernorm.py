@@ -1,11 +1,14 @@
 """LayerNorm over the last axis: y = (x - mean) / sqrt(var + eps) * w + b.
 
-``layernorm_forward`` / ``layernorm_backward`` run the Numba kernels; ``*_ref`` are the pure-NumPy
-twins they are tested against (tests/test_ops_parity.py). Derivation: docs/ops/layernorm.md.
+``layernorm_forward_fast`` / ``layernorm_backward_fast`` run the Numba kernels; ``*_ref`` are the
+pure-NumPy twins they are tested against (tests/test_ops_parity.py); ``layernorm_forward`` /
+``layernorm_backward`` call one or the other, by ``alh_ref.ops.current()``. Derivation:
+docs/ops/layernorm.md.
 """
 import numpy as np
 
 from ._jit import kernel
+from .impl import dispatch
 
 EPS = 1e-5
 
@@ -35,7 +38,7 @@ def layernorm_forward_ref(x, w, b, eps=EPS):
     return out, (x, w, mean, rstd)
 
 
-def layernorm_backward_ref(dout, cache, need_dw=True):
+def layernorm_backward_ref(dout, cache, *, need_dw=True):
     """LayerNorm backward, NumPy reference.
 
     Parameters
@@ -111,7 +114,7 @@ def _layernorm_backward_kernel(dout, x, w, mean, rstd, dx, dw, db, need_dw):
             dx[i, c] = (dout[i, c] * w[c] - gm - xh * gxm) * r
 
 
-def layernorm_forward(x, w, b, eps=EPS):
+def layernorm_forward_fast(x, w, b, eps=EPS):
     """LayerNorm forward (Numba kernel). Same contract as :func:`layernorm_forward_ref`."""
     C = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, C)             # (...,C) -> (N,C)
@@ -123,7 +126,7 @@ def layernorm_forward(x, w, b, eps=EPS):
     return out.reshape(x.shape), (x, w, mean.reshape(lead), rstd.reshape(lead))
 
 
-def layernorm_backward(dout, cache, need_dw=True):
+def layernorm_backward_fast(dout, cache, *, need_dw=True):
     """LayerNorm backward (Numba kernel). Same contract as :func:`layernorm_backward_ref`."""
     x, w, mean, rstd = cache
     C = x.shape[-1]
@@ -136,3 +139,7 @@ def layernorm_backward(dout, cache, need_dw=True):
     if not need_dw:
         dw = db = None
     return dx.reshape(x.shape), dw, db
+
+
+layernorm_forward = dispatch(layernorm_forward_fast, layernorm_forward_ref)
+layernorm_backward = dispatch(layernorm_backward_fast, layernorm_backward_ref)

@@ -24,7 +24,7 @@ def linear_forward(x, w, b=None):
     return out.reshape(*x.shape[:-1], w.shape[1]), (x, w)  # (N,Cout) -> (...,Cout)
 
 
-def linear_backward(dout, cache, need_dx=True, need_dw=True):
+def linear_backward(dout, cache, *, need_dx=True, need_dw=True):
     """Backward of :func:`linear_forward`.
 
     Parameters

@@ -1,13 +1,15 @@
 """Softmax and mean cross-entropy over the rows of a logits matrix, fused.
 
 loss = sum_i w_i * (logsumexp(z_i) - z_i[y_i]) / sum_i w_i, with w_i = 0 for ignored positions
-and 1 otherwise. ``softmax_cross_entropy_forward`` / ``..._backward`` run the Numba kernels;
-``*_ref`` are the NumPy twins. Derivation: docs/ops/softmax_ce.md.
+and 1 otherwise. ``softmax_cross_entropy_forward_fast`` / ``..._backward_fast`` run the Numba
+kernels; ``*_ref`` are the NumPy twins; ``softmax_cross_entropy_forward`` / ``..._backward`` call one
+or the other, by ``alh_ref.ops.current()``. Derivation: docs/ops/softmax_ce.md.
 """
 import numpy as np
 
 from ..errors import RunError
 from ._jit import fexp, kernel, rowmax
+from .impl import dispatch
 
 
 def softmax_ref(z):
@@ -31,6 +33,13 @@ def _weights(targets, ignore, dtype):
     return w, max(float(w.sum()), 1.0)
 
 
+def _unspent(cache):
+    """The cached probs (N,V), or RunError if an in-place backward has already written over them."""
+    if cache[0] is None:
+        raise RunError("this softmax-cross-entropy cache was spent by an in-place backward; run the forward again")
+    return cache[0]
+
+
 def softmax_cross_entropy_forward_ref(logits, targets, ignore=None):
     """Mean cross-entropy of softmax(logits) against integer targets, NumPy reference.
 
@@ -43,7 +52,7 @@ def softmax_cross_entropy_forward_ref(logits, targets, ignore=None):
     Returns
     -------
     loss : float (numpy scalar of logits' dtype)  loss = sum_i w_i (lse(z_i) - z_i[y_i]) / sum_i w_i
-    cache : tuple (probs (N,V), targets (N,), w (N,), count float)
+    cache : list [probs (N,V), targets (N,), w (N,), count float]   (a list: an in-place backward marks it spent)
     """
     shifted = logits - logits.max(axis=-1, keepdims=True)  # (N,V)
     lse = np.log(np.exp(shifted).sum(axis=-1))              # (N,)  log-sum-exp of the shifted row
@@ -51,25 +60,30 @@ def softmax_cross_entropy_forward_ref(logits, targets, ignore=None):
     w, count = _weights(targets, ignore, logits.dtype)      # (N,), float
     nll = lse - shifted[np.arange(targets.shape[0]), targets]  # (N,)  -log p[y], finite even when p[y] underflows
     loss = logits.dtype.type((nll.astype(np.float64) * w).sum() / count)
-    return loss, (probs, targets, w, count)
+    return loss, [probs, targets, w, count]
 
 
-def softmax_cross_entropy_backward_ref(dloss, cache):
+def softmax_cross_entropy_backward_ref(dloss, cache, *, inplace=False):
     """Backward of the mean cross-entropy, NumPy reference.
 
     Parameters
     ----------
     dloss : float     dL/dloss (1.0 when loss is the objective)
-    cache : tuple (probs, targets, w, count) from the forward
+    cache : list [probs, targets, w, count] from the forward
+    inplace : bool    write dlogits over the cached probs (saves a (N,V) buffer); the cache is then
+        spent: a second backward on it raises RunError instead of silently returning wrong gradients
 
     Returns
     -------
     dlogits : ndarray (N, V)   dlogits_i = dloss * w_i / count * (p_i - onehot(y_i))
     """
-    probs, targets, w, count = cache
-    d = probs.copy()                                        # (N,V)
+    probs = _unspent(cache)
+    _, targets, w, count = cache
+    d = probs if inplace else probs.copy()                  # (N,V)
     d[np.arange(targets.shape[0]), targets] -= 1            # (N,V)  p - onehot(y)
     d *= (w * probs.dtype.type(dloss / count))[:, None]     # (N,V)
+    if inplace:
+        cache[0] = None                                     # probs now hold dlogits
     return d
 
 
@@ -110,29 +124,27 @@ def _softmax_ce_backward_kernel(probs, targets, w, scale, dlogits):
         dlogits[i, targets[i]] -= s
 
 
-def softmax_cross_entropy_forward(logits, targets, ignore=None):
-    """Fused softmax + mean cross-entropy (Numba kernel). Same contract as the ``_ref`` twin."""
+def softmax_cross_entropy_forward_fast(logits, targets, ignore=None):
+    """Fused softmax + mean cross-entropy (Numba kernel). Same contract as :func:`softmax_cross_entropy_forward_ref`."""
     logits = np.ascontiguousarray(logits)
     N = logits.shape[0]
     w, count = _weights(targets, ignore, logits.dtype)      # (N,), float
     probs = np.empty_like(logits)                           # (N,V)
     nll = np.empty(N, dtype=np.float64)                     # (N,)
     _softmax_ce_forward_kernel(logits, targets, w, probs, nll)
-    return logits.dtype.type(nll.sum() / count), [probs, targets, w, count]  # a list: an in-place backward marks it spent
+    return logits.dtype.type(nll.sum() / count), [probs, targets, w, count]
 
 
-def softmax_cross_entropy_backward(dloss, cache, inplace=False):
-    """Backward of the fused softmax + cross-entropy (Numba kernel).
-
-    Same contract as :func:`softmax_cross_entropy_backward_ref`; with ``inplace=True`` dlogits is
-    written over the cached probs (saves a (N,V) buffer). The cache is then spent: a second
-    backward on it raises RunError instead of silently returning wrong gradients.
-    """
-    probs, targets, w, count = cache
-    if probs is None:
-        raise RunError("this softmax-cross-entropy cache was spent by an in-place backward; run the forward again")
+def softmax_cross_entropy_backward_fast(dloss, cache, *, inplace=False):
+    """Backward of the fused softmax + cross-entropy (Numba kernel). Same contract as :func:`softmax_cross_entropy_backward_ref`."""
+    probs = _unspent(cache)
+    _, targets, w, count = cache
     d = probs if inplace else np.empty_like(probs)          # (N,V)
     _softmax_ce_backward_kernel(probs, targets, w, probs.dtype.type(dloss / count), d)
     if inplace:
         cache[0] = None                                     # probs now hold dlogits
     return d
+
+
+softmax_cross_entropy_forward = dispatch(softmax_cross_entropy_forward_fast, softmax_cross_entropy_forward_ref)
+softmax_cross_entropy_backward = dispatch(softmax_cross_entropy_backward_fast, softmax_cross_entropy_backward_ref)

@@ -46,7 +46,7 @@ _DEFAULT = {
     # optimisation: AdamW (betas 0.9/0.95, wd 0.1 on 2-D weights, clip 1.0), warmup then cosine
     "batch_size": 8, "pretrain_steps": 500, "pretrain_lr": 3e-3, "adapt_steps": 120, "warmup_frac": 0.1,
     # fair tuning: one log grid for every trained method, extended past an edge at most max_extend times
-    "lrs": (3e-3, 1e-2, 3e-2, 1e-1), "l2s": (1e-3, 1e-2, 1e-1), "max_extend": 4,
+    "lrs": (3e-3, 1e-2, 3e-2, 1e-1), "l2s": (1e-3, 1e-2, 1e-1), "max_extend": 6,
     # ALH's own sizes tuned on the same footing (each with the lr grid; the best on val is kept): --full only
     "alh_sweep": (),
     # measurement

@@ -86,18 +86,21 @@ class DataParallel:
         ``ignore`` (when given) is split too and sets the weights. The function must return fresh
         gradient arrays (they are read, never written, here).
     threads : int or None   threads to use (None: all available cores); 1: the serial path
+    split : bool   False for a function whose sequences depend on each other (e.g. alh-shuffled): it
+        is then called on the whole batch, with BLAS on ``threads`` threads
 
     Call it like ``loss_and_grads``; ``close()`` (or leaving a ``with`` block) stops the worker threads.
     """
 
-    def __init__(self, loss_and_grads, threads=None):
+    def __init__(self, loss_and_grads, threads=None, split=True):
         self.loss_and_grads = loss_and_grads
         self.threads = resolve_threads(threads)
+        self.split = split
         self._pool = None
 
     def __call__(self, x, y, *rest, **kwargs):
         B = x.shape[0]
-        sizes = split_sizes(B, self.threads)
+        sizes = split_sizes(B, self.threads if self.split else 1)
         if len(sizes) == 1:
             with blas_limit(self.threads):
                 return self.loss_and_grads(x, y, *rest, **kwargs)
@@ -162,6 +165,6 @@ def reduce_weighted(results, weights):
     return loss, grads
 
 
-def data_parallel(loss_and_grads, threads=None):
+def data_parallel(loss_and_grads, threads=None, split=True):
     """Wrap ``loss_and_grads`` in a :class:`DataParallel` over ``threads`` threads (None: all cores)."""
-    return DataParallel(loss_and_grads, threads)
+    return DataParallel(loss_and_grads, threads, split)

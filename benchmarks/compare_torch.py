@@ -47,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                    help="before each run, wait up to SECONDS for the CPUs to be >= 90%% idle (Linux /proc/stat); "
                         "each run records whether it started on an idle machine")
+    p.add_argument("--split", choices=["on", "off"], default="on",
+                   help="passed to bench_train.py: on = micro-batches on --threads threads (default), off = one call")
     p.add_argument("--no-alh", action="store_true", help="skip bench_alh.py (the ALH step vs the base step)")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.steps < 1 or args.threads < 1:
@@ -127,7 +129,8 @@ def main():
     for r in range(args.rounds):
         for c in configs:
             a_idle = wait_idle(args.wait_idle)
-            a = run_json([sys.executable, str(HERE / "bench_train.py"), "--config", c, *common], args.timeout)
+            a = run_json([sys.executable, str(HERE / "bench_train.py"), "--config", c, *common, "--split", args.split],
+                         args.timeout)
             a["started_idle"] = a_idle
             runs[c]["alh_ref"].append(a)
             line = f"round {r + 1}/{args.rounds} {c:5s}  alh_ref {a['train_tok_s']:>9.1f} tok/s ({a['train_ms_median']:.2f} ms)"
@@ -182,7 +185,7 @@ def main():
             f"{a / b:.2f}" for a, b in zip(v["alh_ref_tok_s_rounds"], v["torch_tok_s_rounds"])) + ")"
         h = "-" if not v["alh_ratio"] else f"{v['alh_ratio'].get('alh-householder', float('nan')):.2f}"
         print(f"| {c} | {v['alh_ref_tok_s']:.0f} | {t} | {q} | {h} |")
-    print(json.dumps({"bench": "alh_ref_vs_torch", "threads": args.threads, "steps": args.steps,
+    print(json.dumps({"bench": "alh_ref_vs_torch", "threads": args.threads, "split": args.split, "steps": args.steps,
                       "rounds": args.rounds, "torch": torch_info if have_torch else None,
                       "torch_skipped_reason": None if have_torch else torch_info,
                       "cpu": cpu_info(), "blas": runs[configs[0]]["alh_ref"][0].get("blas"),

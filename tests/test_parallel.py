@@ -1,4 +1,6 @@
 """alh_ref.parallel: the micro-batched step equals the one-call step (loss and every gradient)."""
+import json
+
 import numpy as np
 import pytest
 
@@ -129,3 +131,20 @@ def test_helpers():
     for bad in (0, -1, 1.5, "2", True):
         with pytest.raises(InputError):
             resolve_threads(bad)
+
+
+def test_cli_threads_runs_the_same_training(capsys, tmp_path):
+    """--threads 2 trains the same run as --threads 1 (to rounding), says so in the summary, and rejects 0."""
+    from run_helpers import DIMS, WORDS_A, last_json, run, write_docs
+    write_docs(tmp_path / "a.txt", WORDS_A, 30, 0)
+    hist = {}
+    for n in (1, 2):
+        code, out, err = run(capsys, "pretrain", "--corpus", tmp_path / "a.txt", "--vocab-size", "270", *DIMS,
+                             "--steps", "3", "--out", tmp_path, "--name", f"t{n}", "--threads", str(n), "--json")
+        assert code == 0, err
+        assert last_json(out)["threads"] == n
+        hist[n] = [json.loads(line)["loss"] for line in (tmp_path / f"t{n}" / "history.jsonl").read_text().splitlines()]
+    # float32 training: the same batches and maths, the sums grouped by micro-batch (rounding only)
+    np.testing.assert_allclose(hist[2], hist[1], rtol=1e-5)
+    code, out, err = run(capsys, "pretrain", "--corpus", tmp_path / "a.txt", "--threads", "0", "--out", tmp_path)
+    assert code == 2 and "argument --threads: 0 is too small" in err and "Traceback" not in err   # argparse usage error

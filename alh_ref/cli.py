@@ -112,6 +112,10 @@ def _corpus_options(p, required=False, split="train", what="text to train on"):
                         "replace = read them as U+FFFD")
 
 
+THREADS_HELP = ("cores the train step uses (default: all): the batch runs as that many micro-batches at once, "
+                "BLAS at one thread each; 1 = the serial step")
+
+
 def _training_options(p):
     g = p.add_argument_group("training (AdamW with warmup + cosine decay)")
     g.add_argument("--steps", type=POS, metavar="N",
@@ -133,6 +137,7 @@ def _training_options(p):
     g.add_argument("--resume", action="store_true",
                    help="continue <out>/<name> from its newest checkpoint, bit-for-bit; data, model and seed "
                         "stay as saved, optimiser options, --steps, --ckpt-every and --keep may change")
+    p.add_argument("--threads", type=POS, default=None, metavar="N", help=THREADS_HELP)
 
 
 def build_parser():
@@ -231,7 +236,7 @@ def build_parser():
     p.add_argument("--config", choices=("tiny", "small", "all"), default="tiny", help="model config (default tiny)")
     p.add_argument("--steps", type=POS, default=50, metavar="N", help="timed steps (default 50)")
     p.add_argument("--warmup", type=POS, default=3, metavar="N", help="untimed steps first (default 3)")
-    p.add_argument("--threads", type=POS, default=2, metavar="N", help="BLAS / OpenMP threads (default 2)")
+    p.add_argument("--threads", type=POS, default=None, metavar="N", help=THREADS_HELP)
     _common(p, runs_root=False, seed_help="seed of the parameters and batches (default 1234)")
 
     p = add("demo", DEMO_HELP, DEMO_DESCRIPTION)
@@ -298,7 +303,7 @@ def cmd_tokenizer(args):
 def cmd_pretrain(args):
     """``alh-ref pretrain``: runs.pretrain -> (summary, lines)."""
     from .runs import pretrain
-    s = pretrain(args.out, args.name, resume=args.resume, progress=_progress(args), warn=_warn,
+    s = pretrain(args.out, args.name, resume=args.resume, progress=_progress(args), warn=_warn, threads=args.threads,
                  **_given(args, PRETRAIN_KEYS))
     return s, _train_lines(s, "pretrained")
 
@@ -306,7 +311,8 @@ def cmd_pretrain(args):
 def cmd_adapt(args):
     """``alh-ref adapt``: runs.adapt -> (summary, lines)."""
     from .runs import adapt
-    s = adapt(args.out, args.name, resume=args.resume, progress=_progress(args), warn=_warn, **_given(args, ADAPT_KEYS))
+    s = adapt(args.out, args.name, resume=args.resume, progress=_progress(args), warn=_warn, threads=args.threads,
+              **_given(args, ADAPT_KEYS))
     return s, _train_lines(s, f"adapted ({s['method']}, {s['n_trainable']:,} trainable)")
 
 

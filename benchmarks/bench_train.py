@@ -2,13 +2,14 @@
 """Train-step throughput of alh_ref (forward + backward + AdamW, float32), tokens/s and peak RSS.
 
 One step is exactly what training does per batch: ``gpt_loss_and_grads`` (forward, fused
-softmax-CE, backward) then ``AdamW.step`` (global-norm clip at 1.0, lr 1e-3, betas (0.9, 0.95),
+softmax-CE, backward; with --threads N > 1 run as N micro-batches at once by alh_ref.parallel, as
+``alh-ref pretrain --threads N`` does; ``--split off``: one call with BLAS on N threads) then ``AdamW.step`` (global-norm clip at 1.0, lr 1e-3, betas (0.9, 0.95),
 eps 1e-8, weight decay 0.1 on the 2-D weights) -- the same step as ../shared/bench/torch_anchor.py.
 Batches are drawn once before timing with ``sample_batch`` (8 of them, reused round-robin), so the
 timer sees only the step, as in the torch anchor.
 
 Usage:
-  python benchmarks/bench_train.py --config tiny|small|all [--steps 50] [--warmup 3] [--threads 2]
+  python benchmarks/bench_train.py --config tiny|small|all [--steps 50] [--warmup 3] [--threads 2] [--split on|off]
 
 Prints a human-readable line per config and, last, one JSON line: for one config the same keys
 as torch_anchor.py (``train_tok_s``, ``train_ms_median``, ...) plus ``peak_rss_mb``; for
@@ -25,6 +26,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=50, help="timed steps after warm-up (median of these; >= 20 advised)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first one loads/compiles kernels)")
     p.add_argument("--threads", type=int, default=2, help="OpenBLAS / OpenMP threads (set before numpy loads)")
+    p.add_argument("--split", choices=["on", "off"], default="on",
+                   help="on: the batch as --threads micro-batches on threads (the training default); off: one call")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--dump-times", default=None, help="write per-step train times (ms) of the last config to this file")
     args = p.parse_args(argv)
@@ -52,6 +55,7 @@ import numpy as np  # noqa: E402
 import numba  # noqa: E402
 from alh_ref.model import CONFIGS, count_params, decayed, init_params, param_shapes  # noqa: E402
 from alh_ref.optim import AdamW, AdamWConfig  # noqa: E402
+from alh_ref.parallel import DataParallel  # noqa: E402
 from alh_ref.train import gpt_loss_and_grads, sample_batch  # noqa: E402
 
 B = 16                     # batch size of both configs (as torch_anchor.py)
@@ -76,13 +80,10 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def blas_threads():
-    """Threads of the live BLAS pool(s), as threadpoolctl reports them (None if not installed)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return None
-    return {d["internal_api"]: d["num_threads"] for d in threadpool_info()}
+def blas_info():
+    """The live thread pools as threadpoolctl reports them: library, version, kernel (architecture), threads."""
+    from threadpoolctl import threadpool_info
+    return [{k: d.get(k) for k in ("internal_api", "version", "architecture", "num_threads")} for d in threadpool_info()]
 
 
 def bench_config(name, steps, warmup, seed, dump_times=None):
@@ -101,9 +102,12 @@ def bench_config(name, steps, warmup, seed, dump_times=None):
     n_nonemb = n_params - params["wte"].size - params["wpe"].size
     fpt_spec, fpt_head = flops_per_token(cfg, n_nonemb)
 
+    loss_and_grads = DataParallel(lambda x, y: gpt_loss_and_grads(params, cfg, x, y), args.threads,
+                                  split=args.split == "on")
+
     def step(i):
         x, y = batches[i % N_BATCHES]
-        loss, grads = gpt_loss_and_grads(params, cfg, x, y)
+        loss, grads = loss_and_grads(x, y)
         opt.step(params, grads)
         return loss
 
@@ -118,13 +122,14 @@ def bench_config(name, steps, warmup, seed, dump_times=None):
         loss = step(warmup + i)
         times.append(time.perf_counter() - t0)
 
+    loss_and_grads.close()
     if dump_times:
         Path(dump_times).write_text("\n".join(f"{t * 1e3:.3f}" for t in times) + "\n")
     tok = B * T
     med = statistics.median(times)
     return dict(
         bench="alh_ref", config=name, V=V, T=T, C=C, L=L, H=NH, B=B,
-        numpy=np.__version__, numba=numba.__version__, threads=args.threads, blas_threads=blas_threads(),
+        numpy=np.__version__, numba=numba.__version__, threads=args.threads, split=args.split, blas=blas_info(),
         dtype="float32", params=n_params, params_nonembedding=n_nonemb,
         steps=steps, warmup=warmup,
         first_step_s=round(warm_times[0], 3),
@@ -152,7 +157,7 @@ def main():
         print(f"alh_ref {name}: median {r['train_ms_median']} ms/step (min {r['train_ms_min']}, "
               f"p10-p90 {r['train_ms_p10_p90']}), {r['train_tok_s']} tok/s, {r['train_gflops']} GFLOP/s; "
               f"peak RSS {r['peak_rss_mb']} MiB; first step {r['first_step_s']} s; "
-              f"loss {r['loss_first']} -> {r['loss_last']}; threads {r['threads']} (BLAS pools {r['blas_threads']})",
+              f"loss {r['loss_first']} -> {r['loss_last']}; threads {r['threads']} (pools {r['blas']})",
               flush=True)
     if len(names) == 1:
         print(json.dumps(results[names[0]]))

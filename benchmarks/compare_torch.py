@@ -6,10 +6,12 @@ Each round runs, per config, ``bench_train.py`` (A, this Python) and then
 same --steps and --threads, and reads the JSON line each prints last. The machines are noisy
 (+-30% between runs), so the two are compared inside one run and the figure quoted is the ratio of
 medians over the rounds: ratio = median(alh_ref tok/s) / median(torch tok/s)  (> 1: alh_ref faster).
+Each round also runs ``bench_alh.py`` (the ALH train step against the base step, in one process),
+unless --no-alh: alh_ratio = median over rounds of (ALH ms / base ms) per ALH method (< 1.3: goal).
 
 Usage:
   python benchmarks/compare_torch.py [--config tiny|small|all] [--rounds 3] [--steps 30] [--threads 2]
-                                     [--torch-python PATH] [--anchor PATH] [--wait-idle SECONDS]
+                                     [--torch-python PATH] [--anchor PATH] [--wait-idle SECONDS] [--no-alh]
 
 The torch Python is --torch-python, else $ALH_TORCH_PYTHON, else $HOME/torch-venv/bin/python
 (set it up with: python3 -m venv $HOME/torch-venv && $HOME/torch-venv/bin/pip install torch==2.13.0 numpy).
@@ -45,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                    help="before each run, wait up to SECONDS for the CPUs to be >= 90%% idle (Linux /proc/stat); "
                         "each run records whether it started on an idle machine")
+    p.add_argument("--split", choices=["on", "off"], default="on",
+                   help="passed to bench_train.py: on = micro-batches on --threads threads (default), off = one call")
+    p.add_argument("--no-alh", action="store_true", help="skip bench_alh.py (the ALH step vs the base step)")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.steps < 1 or args.threads < 1:
         p.error("--rounds, --steps and --threads must be >= 1")
@@ -102,6 +107,16 @@ def torch_available(python, anchor):
     return True, proc.stdout.strip()
 
 
+def cpu_info():
+    """CPU model name and whether it has AVX-512 (Linux /proc/cpuinfo; None elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": None, "avx512f": None}
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), None)
+    return {"model": model, "avx512f": " avx512f" in text}
+
+
 def main():
     args = parse_args()
     configs = ["tiny", "small"] if args.config == "all" else [args.config]
@@ -110,11 +125,12 @@ def main():
         print(f"TORCH SKIPPED: {torch_info}", flush=True)
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     load_before = os.getloadavg()
-    runs = {c: {"alh_ref": [], "torch": []} for c in configs}
+    runs = {c: {"alh_ref": [], "torch": [], "alh": []} for c in configs}
     for r in range(args.rounds):
         for c in configs:
             a_idle = wait_idle(args.wait_idle)
-            a = run_json([sys.executable, str(HERE / "bench_train.py"), "--config", c, *common], args.timeout)
+            a = run_json([sys.executable, str(HERE / "bench_train.py"), "--config", c, *common, "--split", args.split],
+                         args.timeout)
             a["started_idle"] = a_idle
             runs[c]["alh_ref"].append(a)
             line = f"round {r + 1}/{args.rounds} {c:5s}  alh_ref {a['train_tok_s']:>9.1f} tok/s ({a['train_ms_median']:.2f} ms)"
@@ -125,8 +141,15 @@ def main():
                 runs[c]["torch"].append(b)
                 line += (f"  torch {b['train_tok_s']:>9.1f} tok/s ({b['train_ms_median']:.2f} ms)"
                          f"  ratio {a['train_tok_s'] / b['train_tok_s']:.2f}")
+            if not args.no_alh:
+                wait_idle(args.wait_idle)
+                h = run_json([sys.executable, str(HERE / "bench_alh.py"), "--config", c, "--steps", str(args.steps),
+                              "--threads", str(args.threads)], args.timeout)
+                runs[c]["alh"].append(h)
+                line += "  ALH/base " + " ".join(f"{k.removeprefix('alh-')} {v:.2f}" for k, v in h["ratio_vs_base"].items())
             if args.wait_idle > 0:
-                line += "  [started idle: " + " ".join(str(x[-1]["started_idle"]) for x in runs[c].values() if x) + "]"
+                line += "  [started idle: " + " ".join(str(x[-1]["started_idle"])
+                                                       for k, x in runs[c].items() if x and k != "alh") + "]"
             print(line, flush=True)
 
     results = {}
@@ -143,6 +166,10 @@ def main():
             torch_ms_median=None if not b_tok else round(statistics.median(x["train_ms_median"] for x in runs[c]["torch"]), 3),
             ratio=None if b_med is None else round(a_med / b_med, 3),
             alh_ref_tok_s_rounds=a_tok, torch_tok_s_rounds=b_tok,
+            alh_ratio=({k: round(statistics.median(h["ratio_vs_base"][k] for h in runs[c]["alh"]), 3)
+                        for k in runs[c]["alh"][0]["ratio_vs_base"]} if runs[c]["alh"] else None),
+            alh_ratio_rounds=({k: [h["ratio_vs_base"][k] for h in runs[c]["alh"]] for k in runs[c]["alh"][0]["ratio_vs_base"]}
+                              if runs[c]["alh"] else None),
             runs_started_idle=(sum(x["started_idle"] for x in runs[c]["alh_ref"] + runs[c]["torch"])
                                if args.wait_idle > 0 else None),
         )
@@ -150,15 +177,18 @@ def main():
 
     print(f"\nthreads={args.threads} steps={args.steps} rounds={args.rounds} torch={torch_info if have_torch else 'skipped'}"
           f"  load average before/after {load_before[0]:.2f}/{load_after[0]:.2f} on {os.cpu_count()} CPUs")
-    print("| config | alh_ref tok/s | torch tok/s | ratio alh_ref/torch |")
-    print("|---|---:|---:|---:|")
+    print("| config | alh_ref tok/s | torch tok/s | ratio alh_ref/torch (per round) | ALH/base (householder) |")
+    print("|---|---:|---:|---:|---:|")
     for c, v in results.items():
         t = "skipped" if v["torch_tok_s"] is None else f"{v['torch_tok_s']:.0f}"
-        q = "-" if v["ratio"] is None else f"{v['ratio']:.2f}"
-        print(f"| {c} | {v['alh_ref_tok_s']:.0f} | {t} | {q} |")
-    print(json.dumps({"bench": "alh_ref_vs_torch", "threads": args.threads, "steps": args.steps,
+        q = "-" if v["ratio"] is None else f"{v['ratio']:.2f} (" + ", ".join(
+            f"{a / b:.2f}" for a, b in zip(v["alh_ref_tok_s_rounds"], v["torch_tok_s_rounds"])) + ")"
+        h = "-" if not v["alh_ratio"] else f"{v['alh_ratio'].get('alh-householder', float('nan')):.2f}"
+        print(f"| {c} | {v['alh_ref_tok_s']:.0f} | {t} | {q} | {h} |")
+    print(json.dumps({"bench": "alh_ref_vs_torch", "threads": args.threads, "split": args.split, "steps": args.steps,
                       "rounds": args.rounds, "torch": torch_info if have_torch else None,
                       "torch_skipped_reason": None if have_torch else torch_info,
+                      "cpu": cpu_info(), "blas": runs[configs[0]]["alh_ref"][0].get("blas"),
                       "loadavg_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
                       "results": results}))
 

@@ -224,7 +224,8 @@ def test_blow_up_is_caught_before_its_checkpoint_is_saved(capsys, tmp_path, text
         return (loss * 1e4 if len(calls) >= 6 else loss), grads
     monkeypatch.setattr(jobs, "gpt_loss_and_grads", blows_up_at_call_6)
     code, out, err = run(capsys, "pretrain", "--corpus", texts["a"], "--vocab-size", "280", *DIMS, "--steps", "10",
-                         "--ckpt-every", "1", "--keep", "0", "--out", tmp_path, "--name", "div", "--json")
+                         "--ckpt-every", "1", "--keep", "0", "--out", tmp_path, "--name", "div", "--json",
+                         "--threads", "1")                 # one call per step (more threads: one per micro-batch)
     one_line_error(err, code, "is above 3 x the median", 1)
     # step 6 computes the loss of the parameters after step 5: checkpoint 5 is never written
     assert [s for s, _ in runs.list_checkpoints(tmp_path / "div")] == [1, 2, 3, 4]

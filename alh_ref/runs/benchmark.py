@@ -8,16 +8,18 @@ import sys
 from pathlib import Path
 
 from ..errors import RunError
+from ..parallel import resolve_threads
 
 
-def bench(config="tiny", steps=50, warmup=3, threads=2, seed=1234) -> dict:
+def bench(config="tiny", steps=50, warmup=3, threads=None, seed=1234) -> dict:
     """Run benchmarks/bench_train.py (train-step throughput) in a fresh Python and collect its result.
 
     It runs in its own process because it pins the BLAS thread count before NumPy loads.
 
     Parameters
     ----------
-    config : tiny | small | all;  steps, warmup, threads, seed : int (see the script's --help)
+    config : tiny | small | all;  steps, warmup, seed : int (see the script's --help)
+    threads : int or None   cores the step uses (None: all; alh_ref.parallel)
 
     Returns
     -------
@@ -28,7 +30,7 @@ def bench(config="tiny", steps=50, warmup=3, threads=2, seed=1234) -> dict:
         raise RunError(f"bench needs benchmarks/bench_train.py from a source checkout (not found at {str(script)!r}); "
                        "run alh-ref from a clone of the repository (pip install -e .)")
     cmd = [sys.executable, str(script), "--config", config, "--steps", str(steps), "--warmup", str(warmup),
-           "--threads", str(threads), "--seed", str(seed)]
+           "--threads", str(resolve_threads(threads)), "--seed", str(seed)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:

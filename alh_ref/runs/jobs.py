@@ -17,6 +17,7 @@ from ..checkpoint import RESERVED_KEYS
 from ..errors import InputError
 from ..model import CONFIGS, GPTConfig, decayed, init_params, param_shapes
 from ..optim import AdamW
+from ..parallel import DataParallel, resolve_threads
 from ..tokenizer import META_FILE, train_bpe
 from ..train import gpt_loss_and_grads
 from .data import (
@@ -65,7 +66,7 @@ from .options import (
 SAVE_KEYS = ("step", "opt_t", "rng", "adamw_config")          # manifest keys written at every save
 
 
-def pretrain(out="runs", name="base", *, resume=False, progress=False, warn=None, **given) -> dict:
+def pretrain(out="runs", name="base", *, resume=False, progress=False, warn=None, threads=None, **given) -> dict:
     """Pretrain a base GPT on a corpus (or resume it), with periodic checkpoints in ``out/name``.
 
     Parameters
@@ -74,6 +75,9 @@ def pretrain(out="runs", name="base", *, resume=False, progress=False, warn=None
     resume : bool   continue from the newest checkpoint of ``out/name`` (bit-for-bit)
     progress : bool   tqdm bar with loss and tokens/s
     warn : callable(str) or None   called with each warning as it arises (they are also in the summary)
+    threads : int or None   cores the train step uses (None: all): the batch is split into that many
+        micro-batches run at once (alh_ref.parallel); 1 is the serial step. Not part of the run's
+        identity (a resumed session may use another count; the sums then round differently).
     **given : the options given (alh_ref.runs.options; left out or None: not given)
         corpus (required for a new run), corpus_opts, errors, tokenizer, the PretrainSpec fields
         (split, vocab_size, config, block_size, n_layer, n_head, n_embd, batch_size, seed), the
@@ -86,16 +90,16 @@ def pretrain(out="runs", name="base", *, resume=False, progress=False, warn=None
         tokens_per_s, n_params, memory, warnings, kept, tokenizer_sha256, corpus_fingerprint, ...
     """
     check_known(given, PretrainSpec)
-    return _job("pretrain", run_path(out, name), out, resume, progress, warn, given)
+    return _job("pretrain", run_path(out, name), out, resume, progress, warn, given, threads)
 
 
-def adapt(out="runs", name=None, *, resume=False, progress=False, warn=None, **given) -> dict:
+def adapt(out="runs", name=None, *, resume=False, progress=False, warn=None, threads=None, **given) -> dict:
     """Adapt a pretrained base to a new corpus with a method (alh-<family> or a baseline), or resume.
 
     Parameters
     ----------
     out, name : run root and run name (default ``adapt-<method>``)
-    resume, progress, warn : as for :func:`pretrain`
+    resume, progress, warn, threads : as for :func:`pretrain`
     **given : base (a pretrain run name/folder or checkpoint; required for a new run), method
         (alh_ref.alh.methods.METHODS; required), corpus, corpus_opts, errors, tokenizer (default:
         the base run's; must be the same), the AdaptSpec fields, Schedule and Optim fields.
@@ -109,11 +113,12 @@ def adapt(out="runs", name=None, *, resume=False, progress=False, warn=None, **g
         if given.get("method") is None:
             raise InputError("adapt needs --method (or --name of the run to resume)")
         name = f"adapt-{given['method']}"
-    return _job("adapt", run_path(out, name), out, resume, progress, warn, given)
+    return _job("adapt", run_path(out, name), out, resume, progress, warn, given, threads)
 
 
-def _job(job, rd, out, resume, progress, warn, given):
-    """The one start-or-resume path: lock, set up, check memory, train."""
+def _job(job, rd, out, resume, progress, warn, given, threads=None):
+    """The one start-or-resume path: lock, set up, check memory, train (on ``threads`` cores, alh_ref.parallel)."""
+    threads = resolve_threads(threads)
     notes = []
 
     def note(msg):
@@ -129,7 +134,11 @@ def _job(job, rd, out, resume, progress, warn, given):
         _check_memory(setup)
         if setup.new_tokenizer is not None:
             setup.new_tokenizer.save(rd / TOKENIZER_DIR)
-        return fit(rd, job, setup, progress, notes)
+        split = setup.info.get("method") != "alh-shuffled"          # its contexts come from other sequences of the batch
+        setup.info["threads"] = threads
+        with DataParallel(setup.loss_and_grads, threads, split) as step:
+            setup.loss_and_grads = step
+            return fit(rd, job, setup, progress, notes)
 
 
 def _saved(rd, job, given, resume):

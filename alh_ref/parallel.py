@@ -1,0 +1,170 @@
+"""Data parallelism over the CPU cores: a batch split into micro-batches that run on threads at once.
+
+    step = data_parallel(loss_and_grads, threads=2)
+    loss, grads = step(x, y)          # same contract as loss_and_grads(x, y)
+
+The wrapped function must compute the mean loss over the batch's counted target tokens, every
+sequence independently of the others (true for the base GPT and every method whose context is its
+own sequence; not for alh-shuffled, which reads other sequences of the batch). Then, with the batch
+cut into micro-batches k = 0..M-1 along B (near-equal contiguous slices, M = min(threads, B)) and
+n_k the number of counted targets in micro-batch k (its tokens minus the ignored ones),
+
+    loss  = sum_k w_k loss_k,   grads = sum_k w_k grads_k,   w_k = n_k / sum_j n_j
+
+which is the same mean over all counted targets as one call on the whole batch (the sums are only
+grouped differently, so results agree to rounding). Micro-batches run on a pool of ``threads - 1``
+worker threads plus the caller's; the Numba kernels release the GIL (``nogil=True``) and so do
+NumPy's BLAS calls, so only the Python glue between kernels is serialised. While they run, BLAS is
+limited to one thread per caller (a process-wide setting of OpenBLAS/MKL, changed through
+threadpoolctl): M callers each starting a multi-threaded BLAS call would put M x threads busy
+threads on the cores. The sum is taken in micro-batch order, so a run is reproducible for a fixed
+``threads``; ``threads=1`` calls the wrapped function unchanged (the exact serial path) with BLAS
+limited to one thread.
+"""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["DataParallel", "available_cores", "blas_limit", "counted_targets", "data_parallel", "resolve_threads",
+           "split_sizes"]
+
+_controller = None
+
+
+def available_cores():
+    """Cores this process may run on (its CPU affinity; ``os.cpu_count()`` where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def resolve_threads(threads):
+    """``threads`` as a positive int: None means all available cores; anything else below 1 is an InputError."""
+    if threads is None:
+        return available_cores()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise InputError(f"threads must be a positive integer (or None for all {available_cores()} cores); got {threads!r}")
+    return int(threads)
+
+
+def blas_limit(n):
+    """Context manager: BLAS (OpenBLAS / MKL / BLIS) runs on at most ``n`` threads inside the block.
+
+    The library is found once (threadpoolctl's controller is cached; entering costs ~20 us).
+    """
+    global _controller
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=int(n), user_api="blas")
+
+
+def split_sizes(B, parts):
+    """Sizes of ``min(parts, B)`` near-equal contiguous micro-batches of a batch of B (larger ones first)."""
+    m = max(1, min(parts, B))
+    q, r = divmod(B, m)
+    return [q + 1] * r + [q] * (m - r)
+
+
+def counted_targets(y, ignore=None):
+    """Number of target tokens that count in the mean loss: all of y (B,T), minus ``ignore`` (B,T) bool's Trues."""
+    return int(y.size) if ignore is None else int(y.size - np.count_nonzero(ignore))
+
+
+class DataParallel:
+    """``loss_and_grads`` run on micro-batches over ``threads`` threads (see the module docstring).
+
+    Parameters
+    ----------
+    loss_and_grads : callable (x (B,T), y (B,T), *rest[, ignore=(B,T) bool]) -> (loss float, grads dict)
+        every positional argument after x, y that is an ndarray with B rows (e.g. domain labels
+        ``dom`` (B,)) is split with the batch; other arguments are passed to every call unchanged;
+        ``ignore`` (when given) is split too and sets the weights. The function must return fresh
+        gradient arrays (they are read, never written, here).
+    threads : int or None   threads to use (None: all available cores); 1: the serial path
+    split : bool   False for a function whose sequences depend on each other (e.g. alh-shuffled): it
+        is then called on the whole batch, with BLAS on ``threads`` threads
+
+    Call it like ``loss_and_grads``; ``close()`` (or leaving a ``with`` block) stops the worker threads.
+    """
+
+    def __init__(self, loss_and_grads, threads=None, split=True):
+        self.loss_and_grads = loss_and_grads
+        self.threads = resolve_threads(threads)
+        self.split = split
+        self._pool = None
+
+    def __call__(self, x, y, *rest, **kwargs):
+        B = x.shape[0]
+        sizes = split_sizes(B, self.threads if self.split else 1)
+        if len(sizes) == 1:
+            with blas_limit(self.threads):
+                return self.loss_and_grads(x, y, *rest, **kwargs)
+        ignore = kwargs.get("ignore")
+        bounds = np.cumsum([0] + sizes)                                          # (M+1,)
+        parts = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+        def cut(v, s):
+            return v[s] if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == B else v
+
+        def run(s):
+            kw = {k: cut(v, s) for k, v in kwargs.items()}
+            return self.loss_and_grads(x[s], y[s], *(cut(v, s) for v in rest), **kw)
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="alh_ref-dp")
+        with blas_limit(1):
+            futures = [self._pool.submit(run, s) for s in parts[1:]]
+            results = [run(parts[0])] + [f.result() for f in futures]           # the caller takes the first part
+        n = [counted_targets(y[s], None if ignore is None else ignore[s]) for s in parts]
+        total = max(sum(n), 1)
+        return reduce_weighted(results, [nk / total for nk in n])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Stop the worker threads (a later call starts them again)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:      # interpreter shutdown: the pool may already be gone
+            pass
+
+
+def reduce_weighted(results, weights):
+    """(sum_k w_k loss_k, {name: sum_k w_k grads_k[name]}), summed in the order of ``results``.
+
+    Parameters
+    ----------
+    results : list of (loss float, grads dict name -> ndarray), every dict with the same names and shapes
+    weights : list of float, one per result
+
+    Returns
+    -------
+    loss : float;  grads : dict name -> ndarray (new arrays, the dtype of the micro-batch gradients)
+    """
+    loss = float(sum(w * float(lk) for w, (lk, _) in zip(weights, results)))
+    grads = {}
+    for name, g0 in results[0][1].items():
+        acc = g0 * g0.dtype.type(weights[0])                                      # same shape as the parameter
+        for w, (_, gk) in zip(weights[1:], results[1:]):
+            acc += gk[name] * g0.dtype.type(w)
+        grads[name] = acc
+    return loss, grads
+
+
+def data_parallel(loss_and_grads, threads=None, split=True):
+    """Wrap ``loss_and_grads`` in a :class:`DataParallel` over ``threads`` threads (None: all cores)."""
+    return DataParallel(loss_and_grads, threads, split)

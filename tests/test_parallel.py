@@ -1,0 +1,150 @@
+"""alh_ref.parallel: the micro-batched step equals the one-call step (loss and every gradient)."""
+import json
+
+import numpy as np
+import pytest
+
+from alh_ref.alh import ALHConfig
+from alh_ref.alh.methods import make_method
+from alh_ref.errors import InputError
+from alh_ref.model import GPTConfig, gpt_backward, gpt_forward, init_params
+from alh_ref.parallel import DataParallel, counted_targets, data_parallel, resolve_threads, split_sizes
+
+from tolerances import assert_ulp_close
+
+CFG = GPTConfig(vocab_size=37, block_size=8, n_layer=2, n_head=2, n_embd=16)
+
+# The micro-batched step computes the same sums grouped by micro-batch: each gradient is a sum over
+# B*T positions split into M partial sums, and the loss a weighted mean of M partial means. A
+# regrouped float64 sum moves by a few ulps of its largest entry (up to 7.5 ulps seen on these
+# cases); 64 ulps (~1.4e-14 relative, tolerances.ULPS) leaves room for other CPUs, while a wrong
+# weight or a lost micro-batch changes entries by O(1/M) of their size.
+ULPS = 64
+
+
+def _gpt_loss_and_grads(params):
+    def f(x, y, ignore=None):
+        _, loss, cache = gpt_forward(params, CFG, x, y, ignore)
+        grads, _ = gpt_backward(cache, params, CFG)
+        return float(loss), grads
+    return f
+
+
+def _batch(B, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, CFG.vocab_size, size=(B, CFG.block_size))                 # (B,T)
+    y = rng.integers(0, CFG.vocab_size, size=(B, CFG.block_size))                 # (B,T)
+    return x, y
+
+
+def _assert_same(par, ser):
+    (lp, gp), (ls, gs) = par, ser
+    assert_ulp_close(np.float64(lp), np.float64(ls), ULPS, "loss")
+    assert sorted(gp) == sorted(gs)
+    for name in gs:
+        assert_ulp_close(gp[name], gs[name], ULPS, name)
+
+
+@pytest.mark.parametrize("B,threads", [(4, 2), (5, 2), (7, 3), (3, 8)])
+def test_parallel_equals_serial(B, threads):
+    params = init_params(CFG, seed=1, dtype=np.float64)
+    f = _gpt_loss_and_grads(params)
+    x, y = _batch(B)
+    with DataParallel(f, threads) as step:
+        _assert_same(step(x, y), f(x, y))
+
+
+@pytest.mark.parametrize("B,threads", [(4, 2), (6, 3)])
+def test_parallel_equals_serial_with_ignore_mask(B, threads):
+    """Micro-batches with different numbers of counted targets (one with none) are weighted by them."""
+    params = init_params(CFG, seed=2, dtype=np.float64)
+    f = _gpt_loss_and_grads(params)
+    x, y = _batch(B, seed=3)
+    ignore = np.random.default_rng(4).random((B, CFG.block_size)) < 0.4             # (B,T)
+    ignore[0, :] = True                                                            # micro-batch 0: row 0 ignored
+    ignore[B - 1, : CFG.block_size // 2] = True
+    with DataParallel(f, threads) as step:
+        _assert_same(step(x, y, ignore=ignore), f(x, y, ignore=ignore))
+
+
+def test_micro_batch_with_no_counted_target():
+    params = init_params(CFG, seed=5, dtype=np.float64)
+    f = _gpt_loss_and_grads(params)
+    x, y = _batch(4, seed=6)
+    ignore = np.zeros((4, CFG.block_size), dtype=bool)                             # (B,T)
+    ignore[:2] = True                                                              # the whole first micro-batch
+    with DataParallel(f, 2) as step:
+        _assert_same(step(x, y, ignore=ignore), f(x, y, ignore=ignore))
+
+
+def test_alh_method_parallel_equals_serial():
+    """The ALH step (householder, both sites, transformer encoder) splits like the base one."""
+    base = init_params(CFG, seed=7, dtype=np.float64)
+    m = make_method("alh-householder", base, CFG, ALHConfig(D=8, n_head=2), seed=8)
+    rng = np.random.default_rng(14)
+    for a in m.params.values():                   # off the identity-at-init point: every gradient non-zero
+        a += 0.1 * rng.standard_normal(a.shape)
+    x, y = _batch(6, seed=9)
+    with DataParallel(m.loss_and_grads, 2) as step:
+        _assert_same(step(x, y), m.loss_and_grads(x, y))
+
+
+def test_extra_batch_arguments_are_split():
+    seen = []
+
+    def f(x, y, dom, scale):
+        seen.append((x.shape[0], dom.tolist(), scale))
+        return 0.0, {"g": np.zeros(1)}
+    x, y = _batch(4)
+    with DataParallel(f, 2) as step:
+        step(x, y, np.arange(4), 3.0)
+    assert sorted(seen) == [(2, [0, 1], 3.0), (2, [2, 3], 3.0)]
+
+
+def test_one_thread_is_the_serial_path():
+    params = init_params(CFG, seed=10, dtype=np.float64)
+    f = _gpt_loss_and_grads(params)
+    x, y = _batch(4, seed=11)
+    lp, gp = data_parallel(f, 1)(x, y)
+    ls, gs = f(x, y)
+    assert lp == ls                               # exact: threads=1 calls f itself on the same inputs
+    for name in gs:
+        np.testing.assert_array_equal(gp[name], gs[name])   # exact: the same call, same allocation history
+
+
+def test_parallel_is_reproducible():
+    params = init_params(CFG, seed=12, dtype=np.float32)
+    f = _gpt_loss_and_grads(params)
+    x, y = _batch(6, seed=13)
+    with DataParallel(f, 2) as step:
+        a, b = step(x, y), step(x, y)
+    assert a[0] == b[0]                           # exact: same micro-batches, summed in the same fixed order
+    for name in a[1]:
+        np.testing.assert_array_equal(a[1][name], b[1][name])
+
+
+def test_helpers():
+    assert split_sizes(16, 2) == [8, 8] and split_sizes(7, 3) == [3, 2, 2] and split_sizes(2, 5) == [1, 1]
+    y = np.zeros((2, 3), dtype=np.int64)
+    assert counted_targets(y) == 6 and counted_targets(y, np.array([[True, False, True], [False] * 3])) == 4
+    assert resolve_threads(None) >= 1 and resolve_threads(3) == 3
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(InputError):
+            resolve_threads(bad)
+
+
+def test_cli_threads_runs_the_same_training(capsys, tmp_path):
+    """--threads 2 trains the same run as --threads 1 (to rounding), says so in the summary, and rejects 0."""
+    from run_helpers import DIMS, WORDS_A, last_json, run, write_docs
+    write_docs(tmp_path / "a.txt", WORDS_A, 30, 0)
+    hist = {}
+    for n in (1, 2):
+        code, out, err = run(capsys, "pretrain", "--corpus", tmp_path / "a.txt", "--vocab-size", "270", *DIMS,
+                             "--steps", "3", "--out", tmp_path, "--name", f"t{n}", "--threads", str(n), "--json")
+        assert code == 0, err
+        assert last_json(out)["threads"] == n
+        hist[n] = [json.loads(line)["loss"] for line in (tmp_path / f"t{n}" / "history.jsonl").read_text().splitlines()]
+    # float32 training: the same batches and maths, the sums grouped by micro-batch (rounding only)
+    np.testing.assert_allclose(hist[2], hist[1], rtol=1e-5)
+    code, out, err = run(capsys, "pretrain", "--corpus", tmp_path / "a.txt", "--threads", "0", "--out", tmp_path)
+    assert code == 2 and "argument --threads: 0 is too small" in err and "Traceback" not in err   # argparse usage error

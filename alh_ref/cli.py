@@ -7,7 +7,7 @@
     alh-ref sample      generate text from a run (seeded)
     alh-ref golden      write / check golden outputs for ports
     alh-ref bench       train-step throughput (benchmarks/bench_train.py)
-    alh-ref demo        the ALH study's quick preset on its built-in corpus
+    alh-ref demo        the main job: the experiment on ALH's four claims (alh_ref.study)
 
 Exit codes: 0 success; 2 usage errors and bad input (alh_ref.errors.InputError, argparse errors);
 1 a run that failed (alh_ref.errors.RunError, e.g. a NaN loss) or an internal error; 130 Ctrl-C.

@@ -131,12 +131,14 @@ def test_alh_hypernetwork_grad(family, site, out_context, encoder, impl):
 
 
 @pytest.mark.parametrize("impl", ops.IMPLS)
+@pytest.mark.parametrize("out_context", OUT_CONTEXTS)
 @pytest.mark.parametrize("encoder", ENCODERS)
-def test_side_head_grad(encoder, impl):
-    acfg = ALHConfig(encoder=encoder, head="side", **ALH_DIMS)
+def test_side_head_grad(encoder, out_context, impl):
+    acfg = ALHConfig(encoder=encoder, head="side", out_context=out_context, **ALH_DIMS)
     with ops.using(impl):
-        errs = check_alh(acfg, _seed("side", encoder))
+        errs = check_alh(acfg, _seed("side", encoder, out_context))
     assert {"alh.side.w", "alh.side.b"} <= set(errs)
+    assert ("alh.c0" in errs) == (out_context == "prev" and encoder != "static"), sorted(errs)
     assert max(errs.values()) <= TOL, errs
 
 

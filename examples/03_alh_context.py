@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from alh_ref.alh import ALHConfig, alh_backward, alh_forward, alh_init, alh_param_shapes
+from alh_ref.alh import ALHConfig, alh_forward, alh_init, alh_loss_and_grads, alh_param_shapes
 from alh_ref.corpora import load_corpus
 from alh_ref.model import GPTConfig, decayed, init_params, param_shapes
 from alh_ref.optim import AdamW, AdamWConfig
@@ -49,9 +49,8 @@ def adapt(base, cfg, acfg, tokens, rng, label):
     """Train a hypernetwork of config ``acfg`` on the frozen base; returns its parameters."""
     hyp = alh_init(cfg, acfg, seed=0, dtype=np.float64)                                   # the adapted model = base here
 
-    def loss_and_grads(x, y):
-        _, loss, cache = alh_forward(base, hyp, cfg, acfg, x, y)                          # base frozen: grads of hyp only
-        return float(loss), alh_backward(1.0, cache)
+    def loss_and_grads(x, y):                                                             # base frozen: grads of hyp only
+        return alh_loss_and_grads(base, hyp, cfg, acfg, x, y)
     opt = AdamW(hyp, list(alh_param_shapes(cfg, acfg)),
                 AdamWConfig(lr=1e-2, warmup_steps=STEPS // 10, total_steps=STEPS), decayed)
     h = train(hyp, opt, loss_and_grads, tokens, 16, T, STEPS, rng)

@@ -12,7 +12,6 @@ import os
 import pkgutil
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -264,3 +264,13 @@ def alh_backward(dloss, cache, *, frozen=frozenset()):
         elif "alh.enc.c" in grads:                                                              # absent when frozen
             grads["alh.enc.c"] = grads["alh.enc.c"] + dc0                                       # static: slot 0 is c too
     return {n: grads[n] for n in alh_param_shapes(bcfg, acfg) if n in grads and n not in frozen}
+
+
+def alh_loss_and_grads(base, hyp, bcfg, acfg, x, y, ctx_ids=None):
+    """Loss and hypernetwork gradients of the adapted model on one batch (the base stays frozen).
+
+    The ALH counterpart of :func:`alh_ref.train.gpt_loss_and_grads`: ``alh_forward`` then
+    ``alh_backward(1.0, cache)``. Returns ``(float loss, grads by hypernetwork name)``.
+    """
+    _, loss, cache = alh_forward(base, hyp, bcfg, acfg, x, y, ctx_ids=ctx_ids)
+    return float(loss), alh_backward(1.0, cache)

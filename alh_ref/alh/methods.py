@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..model import decayed, gpt_backward, gpt_forward, param_shapes
-from .adapted import ALHConfig, alh_backward, alh_forward, alh_init
+from .adapted import ALHConfig, alh_forward, alh_init, alh_loss_and_grads
 from .theta_head import head_param_shapes, theta_backward, theta_forward, theta_grad_buffers
 from .transforms import FAMILIES, transform_backward, transform_forward
 
@@ -134,8 +134,7 @@ def _alh_method(name, base, bcfg, acfg, seed, shuffled=False):
         return alh_forward(base, hyp, bcfg, acfg, x, y, ignore, ctx_ids=ctx(x, dom))
 
     def loss_and_grads(x, y, dom=None):
-        _, loss, cache = forward(x, y, None, dom)
-        return float(loss), alh_backward(1.0, cache)
+        return alh_loss_and_grads(base, hyp, bcfg, acfg, x, y, ctx_ids=ctx(x, dom))
 
     def dictionaries(x=None, n_positions=16, seed=0):
         """T_{slot} wte at ``n_positions`` sampled (b, t) of x (the input site's slot t; output-only: t+1 or t)."""

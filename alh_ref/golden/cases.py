@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 
 from .. import ops
-from ..alh.adapted import ALHConfig, alh_backward, alh_forward, alh_init, alh_param_shapes
+from ..alh.adapted import ALHConfig, alh_backward, alh_forward, alh_init, alh_loss_and_grads, alh_param_shapes
 from ..errors import InputError
 from ..model import GPTConfig, block_forward, decayed, embed_forward, gpt_backward, gpt_forward, init_params, param_shapes
 from ..optim import AdamW, AdamWConfig
@@ -239,8 +239,7 @@ def _train_outputs(base, hyp, acfg, xs, ys, opt_cfg):
         names = list(alh_param_shapes(GPT_CFG, acfg))
 
         def loss_and_grads(x, y):
-            _, loss, cache = alh_forward(base, params, GPT_CFG, acfg, x, y)
-            return float(loss), alh_backward(1.0, cache)
+            return alh_loss_and_grads(base, params, GPT_CFG, acfg, x, y)
     losses, norms, lrs, grads0 = _train(params, names, loss_and_grads, xs, ys, opt_cfg)
     out = {"train.step0.grad." + n: grads0[n] for n in reversed(names)}                        # backward order
     out.update({"train.losses": losses, "train.grad_norm": norms, "train.lr": lrs})

@@ -1,6 +1,8 @@
 """Unit tests of the experiment's parts: windows, floors, tuning, bootstrap, envelope, verdict rules, methods."""
 import math
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -156,16 +158,18 @@ def test_embed_ft_l2_penalty_gradient():
         make_method("embed-ft-l2", base, BCFG, l2=0.0)
 
 
+@pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("family,site", [("householder", "both"), ("householder", "input"), ("householder", "output"),
                                          ("lowrank", "both")])
-def test_static_matrix_path_equals_the_per_position_path(family, site):
+def test_static_matrix_path_equals_the_per_position_path(family, site, tied):
     from alh_ref.alh.methods import _alh_method
     rng = np.random.default_rng(11)
-    base = init_params(BCFG, seed=1, dtype=np.float64)
+    bcfg = replace(BCFG, tied=tied)                                                 # untied: the output site moves lm_head.w
+    base = init_params(bcfg, seed=1, dtype=np.float64)
     _noisy(base, rng, 0.2)
     acfg = ALHConfig(D=4, n_head=2, K=6, R=2, family=family, site=site, encoder="static")
-    fast = make_method(f"static-{family}", base, BCFG, acfg, seed=5)
-    slow = _alh_method("ref", base, BCFG, acfg, seed=5)
+    fast = make_method(f"static-{family}", base, bcfg, acfg, seed=5)
+    slow = _alh_method("ref", base, bcfg, acfg, seed=5)
     for n in fast.params:
         fast.params[n] += 0.3 * rng.standard_normal(fast.params[n].shape)
         slow.params[n][...] = fast.params[n]

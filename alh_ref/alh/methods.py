@@ -167,15 +167,17 @@ def _static_linear_method(name, base, bcfg, acfg, seed):
     the ALH path with the static encoder (theta is the same at every slot), without per-position work.
 
         Y_in = [T e_1; ...; T e_C]   (C,C) rows,   tok' = wte[x] @ Y_in = (T wte[x]^T)^T
-        Y_out = [T^T e_i]            (C,C),        logits = (T^T z) . wte = z @ (wte @ Y_out^T)^T
-    so the base GPT runs with tok = tok' and its tied head matrix replaced by W' = wte @ Y_out^T.
-    Backward: dY_in = tok^T dtok',  dY_out = dW'^T wte, then through the transform on the basis
-    vectors, the head and the static context vector.
+        Y_out = [T^T e_i]            (C,C),        logits = (T^T z) . W = z @ Y_out @ W   (W (C,V) columns)
+    so the base GPT runs with tok = tok' and its head matrix replaced: tied, wte' = wte @ Y_out^T
+    (W = wte^T); untied, lm_head' = Y_out @ lm_head.w.
+    Backward: dY_in = tok^T dtok'; dY_out = dwte'^T wte (tied) or dlm_head' lm_head.w^T (untied);
+    then through the transform on the basis vectors, the head and the static context vector.
     """
     hyp = alh_init(bcfg, acfg, seed=seed, dtype=base["wte"].dtype)
     C, fam = bcfg.n_embd, acfg.family
     eye = np.eye(C, dtype=base["wte"].dtype)[None]                                          # (1,C,C): C basis vectors
-    frozen = frozenset(n for n in param_shapes(bcfg) if n != "wte")
+    head = "wte" if bcfg.tied else "lm_head.w"                                              # the output dictionary
+    every = frozenset(param_shapes(bcfg))
 
     def mats():
         theta, hcache = theta_forward(hyp, fam, hyp["alh.enc.c"][None, None], C, acfg.K, acfg.R)  # (1,1,...) one slot
@@ -191,7 +193,12 @@ def _static_linear_method(name, base, bcfg, acfg, seed):
         Y, hcache = mats()
         tok = base["wte"][x]                                                                # (B,T,C)
         tok2 = tok @ Y["in"][0] if "in" in Y else tok                                       # (B,T,C) @ (C,C)
-        p = dict(base, wte=base["wte"] @ Y["out"][0].T) if "out" in Y else base             # (V,C) @ (C,C)
+        if "out" not in Y:
+            p = base
+        elif bcfg.tied:
+            p = dict(base, wte=base["wte"] @ Y["out"][0].T)                                 # (V,C) @ (C,C)
+        else:
+            p = dict(base, **{"lm_head.w": Y["out"][0] @ base["lm_head.w"]})                # (C,C) @ (C,V)
         logits, loss, cache = gpt_forward(p, bcfg, x, y, ignore, tok=tok2)
         return logits, loss, (cache, p, Y, hcache, tok)
 
@@ -200,13 +207,15 @@ def _static_linear_method(name, base, bcfg, acfg, seed):
 
     def loss_and_grads(x, y, dom=None):
         _, loss, (cache, p, Y, hcache, tok) = run(x, y)
-        g, dtok = gpt_backward(1.0, cache, frozen=frozen if "out" in Y else frozen | {"wte"})
+        g, dtok = gpt_backward(1.0, cache, frozen=every - {head} if "out" in Y else every)
         draw, dtheta = theta_grad_buffers(hcache, tok.dtype)                                # (1,1,P) + views
         dY = {}
         if "in" in Y:
             dY["in"] = tok.reshape(-1, C).T @ dtok.reshape(-1, C)                           # (C,N) @ (N,C)
-        if "out" in Y:
+        if "out" in Y and bcfg.tied:
             dY["out"] = g["wte"].T @ base["wte"]                                            # (C,V) @ (V,C)
+        elif "out" in Y:
+            dY["out"] = g["lm_head.w"] @ base["lm_head.w"].T                                # (C,V) @ (V,C)
         for site, d in dY.items():
             dth, _ = transform_backward(d[None], None, Y[site][1])                          # on the C basis vectors
             for k, v in dth.items():

@@ -49,6 +49,7 @@ class TorchMethod(nn.Module):
             self.lora = Lora(bcfg.vocab_size, bcfg.n_embd, lora_rank)
         self.trained = tuple(trained)
         self.decay = decay
+        self.l2, self.l2_anchor = 0.0, {}                                           # embed-ft-l2: set by make_method
         for n, p in self.named_parameters():
             p.requires_grad_(False)
         for p in self.trainable().values():
@@ -84,7 +85,10 @@ class TorchMethod(nn.Module):
         if self.kind == "lora":
             tok = (self.base.wte + self.lora.a @ self.lora.b)                       # (V,C) + (V,R) @ (R,C)
             return _lora_forward(self.base, tok, x, y)
-        return self.base(x, y, acts=extras)
+        logits, loss = self.base(x, y, acts=extras)
+        if self.l2 and loss is not None:                                            # + (l2/2) ||p - p0||^2
+            loss = loss + 0.5 * self.l2 * sum(((p - self.l2_anchor[n]) ** 2).sum() for n, p in self.trainable().items())
+        return logits, loss
 
 
 def _lora_forward(base, wte_eff, x, y):
@@ -118,6 +122,8 @@ def make_method(name, base, bcfg, acfg=None, seed=0, lora_rank=4, dtype=torch.fl
     m.to(dtype=dtype, device=device)
     load_numpy(m.base, npm.base)
     load_numpy(m, {_module_name(m, n): p for n, p in npm.params.items()}, [_module_name(m, n) for n in npm.params])
+    m.l2 = float(npm.info.get("l2", 0.0))
+    m.l2_anchor = {n: p.detach().clone() for n, p in m.trainable().items()} if m.l2 else {}  # the pretrained values
     return m
 
 

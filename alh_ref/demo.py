@@ -7,6 +7,7 @@ module is cheap (no NumPy / Numba), so ``alh-ref --help`` stays fast.
                                      every method, 3 seeds, reduced sizes (under 15 minutes on 2 cores)
     alh-ref demo --quick             the same at toy size (under 90 s): a smoke test, not a result
     alh-ref demo --full              documented strength (C=128, L=4, 1500 adaptation steps, 3 seeds)
+    alh-ref demo --full --resume     the same, keeping the finished units of an interrupted run (re-run until complete)
     alh-ref demo --setting synthetic three latent-chain domains with exact loss floors
     alh-ref demo --corpus-a A --corpus-b B --corpus-c C    your own text files or folders
 """
@@ -22,6 +23,8 @@ def add_demo_arguments(p):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="toy size, under 90 s (a smoke test of every code path)")
     g.add_argument("--full", action="store_true", help="documented strength: C=128, L=4, 1500 adaptation steps (hours)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the finished units in <out>/<name>/cache and run only the missing ones (re-run until complete)")
     p.add_argument("--setting", choices=("text", "synthetic"), default=None,
                    help="text (default: A = pydoc, B = pycode, C = docstrings) or synthetic (three latent chains)")
     for D, what in (("a", "domain A (the base is pretrained on it)"), ("b", "domain B (the new domain)"),
@@ -52,8 +55,9 @@ def cmd_demo(args):
     from .study import run_study
     folder = run_dir(args.out, args.name)
     res = run_study(size=size, setting=setting, out_dir=str(folder), seed=0 if args.seed is None else args.seed,
-                    progress=args.progress != "off", **overrides)
+                    progress=args.progress != "off", resume=args.resume, **overrides)
     summary = {"job": "demo", "run": str(folder), "size": size, "setting": res["config"]["setting"],
                "files": res.get("files", []), "verdict": res["verdict"]["lines"], "runtime_s": res.get("runtime_s")}
-    lines = res["verdict"]["lines"] + [f"wall time {res['runtime_s']:.0f} s; report, results.json and plots in {folder}"]
+    lines = res["verdict"]["lines"] + [f"study complete: wall time {res['runtime_s']:.0f} s ({res['cached_units']} units "
+                                       f"from the cache); report, results.json and plots in {folder}"]
     return summary, lines

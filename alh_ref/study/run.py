@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputError, RunError
 from ..io_utils import atomic_write_json, atomic_write_text, ensure_writable_dir
+from .cache import StudyCache, manifest
 from .data import DOMAINS, load_data, synthetic_floors
 from .measure import base_log_probs, counts, measure
 from .plots import write_plots
@@ -92,12 +93,25 @@ def _run_method(name, p, si, s, ctx):
     return rec
 
 
+def _prepare_base(ctx, s):
+    """Pretrain seed s's base (deterministic in s) and measure it as the method "none" into ctx."""
+    gcfg, cfg, data, matched = ctx["gcfg"], ctx["cfg"], ctx["data"], ctx["matched"]
+    base, final = pretrain_base(data, gcfg, cfg, s)
+    none = build("none", base, gcfg, cfg, matched, s)
+    ctx.update(base=base, E_ref=base["wte"].copy(), base_logp=base_log_probs(none, data))
+    none_rec = {"seed": s, "train_seconds": 0.0, "ms_per_step": 0.0, "train_loss": [], "val": val_point(none, data, 0)}
+    none_rec.update(measure(none, ctx["E_ref"], ctx["base_logp"], data, cfg))
+    ctx.update(none_rec=none_rec, base_rec={"seed": s, "pretrain_final_loss": final, "val": none_rec["val"]},
+               none_entry={k: v for k, v in _method_entry("none", none, cfg, matched).items() if k != "per_seed"}
+               | {"lr": None, "l2": None, "tuned": None})
+
+
 def _order(methods):
     """Methods in run order: embed-ft before embed-ft-l2 (tuned at embed-ft's learning rate)."""
     return sorted(methods, key=lambda n: (n == "embed-ft-l2", methods.index(n)))
 
 
-def run_study(size="default", setting=None, out_dir=None, seed=0, progress=True, **overrides):
+def run_study(size="default", setting=None, out_dir=None, seed=0, progress=True, resume=False, **overrides):
     """Run the study and write its results.
 
     Parameters
@@ -107,12 +121,14 @@ def run_study(size="default", setting=None, out_dir=None, seed=0, progress=True,
     out_dir : str or Path or None   folder for results.json, report.md and the PNGs (None: write nothing)
     seed : int   first seed; the study uses seed, seed+1, ..., seed+n_seeds-1
     progress : bool   one line per finished run on stderr
+    resume : bool   keep the units already in ``out_dir``/cache (same configuration and data, else
+        InputError) and run only the missing ones; False starts the cache afresh (cache.py)
     **overrides : configuration keys to replace (settings.resolve)
 
     Returns
     -------
     dict   config, data, matched, seeds, base, protocols {p: {methods, frontier, frontier_table}},
-           summary, verdict, runtime_s, complete, files
+           summary, verdict, runtime_s, cached_units, complete, files
     """
     t0 = time.perf_counter()
     cfg = resolve(size, setting, **overrides)
@@ -125,31 +141,51 @@ def run_study(size="default", setting=None, out_dir=None, seed=0, progress=True,
     results = {"config": cfg, "data": _data_info(data, cfg), "matched": matched, "seeds": seeds, "base": [],
                "protocols": {p: {"methods": {}, "frontier": {}} for p in cfg["protocols"]}, "complete": False}
     _log(progress, t0, data["describe"])
+    cache = StudyCache(None if out_dir is None else Path(out_dir) / "cache", manifest(cfg, seeds, data), resume)
     for si, s in enumerate(seeds):
-        base, final = pretrain_base(data, gcfg, cfg, s)
-        none = build("none", base, gcfg, cfg, matched, s)
-        ctx = {"base": base, "gcfg": gcfg, "cfg": cfg, "data": data, "matched": matched, "seeds": seeds,
-               "E_ref": base["wte"].copy(), "base_logp": base_log_probs(none, data)}
-        none_rec = {"seed": s, "train_seconds": 0.0, "ms_per_step": 0.0, "train_loss": [], "val": val_point(none, data, 0)}
-        none_rec.update(measure(none, ctx["E_ref"], ctx["base_logp"], data, cfg))
-        results["base"].append({"seed": s, "pretrain_final_loss": final, "val": none_rec["val"]})
-        _log(progress, t0, f"seed {s}: base pretrained (train loss {final:.3f}); test A {none_rec['test']['A']['loss']:.3f} "
+        ctx = {"gcfg": gcfg, "cfg": cfg, "data": data, "matched": matched, "seeds": seeds}
+        b = cache.get(f"base-{s}")
+        if b is None:
+            _prepare_base(ctx, s)
+            b = {"base": ctx["base_rec"], "none": ctx["none_rec"], "none_entry": ctx["none_entry"]}
+            b = cache.put(f"base-{s}", b)
+        results["base"].append(b["base"])
+        none_rec = b["none"]
+        _log(progress, t0, f"seed {s}: base {'from the cache' if 'base' not in ctx else 'pretrained'} (train loss "
+             f"{b['base']['pretrain_final_loss']:.3f}); test A {none_rec['test']['A']['loss']:.3f} "
              f"B {none_rec['test']['B']['loss']:.3f} C {none_rec['test']['C']['loss']:.3f}")
         for p in cfg["protocols"]:
             P = ctx["P"] = results["protocols"][p]
             for name in _order(cfg["methods"]):
                 if name == "none":
-                    P["methods"].setdefault("none", _method_entry("none", none, cfg, matched) |
-                                            {"lr": None, "l2": None, "tuned": None})["per_seed"].append(none_rec)
+                    P["methods"].setdefault("none", dict(b["none_entry"], per_seed=[]))["per_seed"].append(none_rec)
                     P["frontier"].setdefault("none", [dict(none_rec["val"], value=0.0)])
                     continue
-                rec = _run_method(name, p, si, s, ctx)
+                unit = f"{p}-{name}-{s}"
+                got = cache.get(unit)
+                if got is None:
+                    if "base" not in ctx:
+                        _prepare_base(ctx, s)                                               # only when a unit needs it
+                    rec = _run_method(name, p, si, s, ctx)
+                    got = {"rec": rec}
+                    if si == 0:
+                        got.update(entry={k: v for k, v in P["methods"][name].items() if k != "per_seed"},
+                                   frontier=P["frontier"][name])
+                    got = cache.put(unit, got)
+                    where = f"({got['rec']['train_seconds']:.1f}s)"
+                else:
+                    if si == 0:
+                        P["methods"][name] = dict(got["entry"], per_seed=[])
+                        P["frontier"][name] = got["frontier"]
+                    where = "(from the cache)"
+                rec = got["rec"]
                 P["methods"][name]["per_seed"].append(rec)
                 _log(progress, t0, f"seed {s} {p:5s} {name:27s} test A {rec['test']['A']['loss']:.3f} "
-                     f"B {rec['test']['B']['loss']:.3f} C {rec['test']['C']['loss']:.3f} ({rec['train_seconds']:.1f}s)")
+                     f"B {rec['test']['B']['loss']:.3f} C {rec['test']['C']['loss']:.3f} {where}")
             P["methods"] = {n: P["methods"][n] for n in cfg["methods"]}                     # table order
         if out_dir is not None:
             atomic_write_json(f"{out_dir}/results.json", results)                               # per-seed records so far
+    results["cached_units"] = cache.hits
     results["runtime_s"] = time.perf_counter() - t0
     return finish(results, out_dir, progress, t0)
 

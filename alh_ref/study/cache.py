@@ -1,0 +1,98 @@
+"""A resumable study: every finished unit of work is kept in ``<out>/cache/`` as one JSON file.
+
+Units: ``base-<seed>.json`` (the base's record and the frozen base's own measurements) and
+``<protocol>-<method>-<seed>.json`` (one method's per-seed record; on the first seed also its tuning
+entry and frontier points, i.e. the whole learning-rate sweep). Bases are not stored: they are
+re-pretrained from their seed (deterministic, and a small share of the study), and only when a unit
+of that seed is still missing. ``manifest.json`` holds the hash of the resolved configuration, the
+seeds and a fingerprint of the data; a resumed run refuses a cache whose hash differs.
+"""
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..io_utils import atomic_write_json
+
+
+def data_fingerprint(data):
+    """sha256 over every domain's token arrays (train, val and test, in order)."""
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, dict):
+            for k in sorted(x):
+                h.update(str(k).encode())
+                feed(x[k])
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                feed(v)
+        elif isinstance(x, np.ndarray):
+            h.update(str((x.dtype.str, x.shape)).encode())
+            h.update(np.ascontiguousarray(x).tobytes())
+        else:
+            h.update(repr(x).encode())
+
+    for D in sorted(data["domains"]):
+        feed({k: data["domains"][D][k] for k in ("train", "val", "test")})
+    return h.hexdigest()
+
+
+def manifest(cfg, seeds, data):
+    """What a cache belongs to: the resolved configuration, the seeds and the data fingerprint, and their hash."""
+    body = {"config": json.loads(json.dumps(cfg)), "seeds": list(seeds), "data_sha256": data_fingerprint(data)}
+    return dict(body, hash=hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest())
+
+
+class StudyCache:
+    """The cache folder of one run (``folder`` None: a no-op cache that keeps nothing)."""
+
+    def __init__(self, folder, man, resume):
+        self.folder = None if folder is None else Path(folder)
+        self.hits = 0
+        if self.folder is None:
+            return
+        path = self.folder / "manifest.json"
+        if resume and path.exists():
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if old.get("hash") != man["hash"]:
+                raise InputError(f"cannot resume from {str(self.folder)!r}: it was written with a different "
+                                 f"{_differs(old, man)}; expected the same options (drop --resume to start fresh)")
+        elif self.folder.exists():
+            shutil.rmtree(self.folder)                                                     # a fresh run: forget old units
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, man)
+
+    def get(self, unit):
+        """The stored unit (a dict) or None."""
+        if self.folder is None or not (self.folder / f"{unit}.json").exists():
+            return None
+        self.hits += 1
+        return json.loads((self.folder / f"{unit}.json").read_text(encoding="utf-8"))
+
+    def put(self, unit, value):
+        """Store a finished unit atomically, call :func:`unit_done` (the tests' interruption hook) and
+        return the unit as read back, so a fresh and a resumed run carry the very same JSON values."""
+        value = json.loads(json.dumps(value))
+        if self.folder is not None:
+            atomic_write_json(self.folder / f"{unit}.json", value)
+        unit_done(unit)
+        return value
+
+
+def unit_done(unit):
+    """Called after every stored unit; does nothing (tests replace it to interrupt a run)."""
+
+
+def _differs(old, new):
+    """A short phrase naming what differs between two manifests."""
+    if old.get("data_sha256") != new["data_sha256"]:
+        return "data (the corpora's tokens differ)"
+    if old.get("seeds") != new["seeds"]:
+        return f"seeds ({old.get('seeds')} vs {new['seeds']})"
+    a, b = old.get("config", {}), new["config"]
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return "configuration (" + ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys)[:300] + ")"

@@ -64,3 +64,13 @@ def test_demo_options_map_to_the_study_configuration():
     assert demo_config(ns(full=True, setting="synthetic")) == ("full", "synthetic", {})
     assert demo_config(ns(quick=True, corpus_a="a", corpus_b="b", corpus_c="c")) == \
         ("quick", "paths", {"corpus_a": "a", "corpus_b": "b", "corpus_c": "c"})
+
+
+def test_demo_resume_refuses_a_foreign_cache_in_one_line(capsys, tmp_path):
+    cache = tmp_path / "demo" / "cache"
+    cache.mkdir(parents=True)
+    (cache / "manifest.json").write_text(json.dumps({"hash": "0", "seeds": [0], "data_sha256": "0", "config": {}}))
+    code, _, err = _run(capsys, "demo", "--quick", "--resume", "--out", tmp_path, "--progress", "off")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "different data" in err and "drop --resume" in err
+    assert (cache / "manifest.json").read_text().startswith('{"hash": "0"')        # the foreign cache is left alone

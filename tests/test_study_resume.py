@@ -9,7 +9,7 @@ import time
 import pytest
 
 from alh_ref.errors import InputError
-from alh_ref.study import cache as cache_mod
+from alh_ref.study import resume as cache_mod
 from alh_ref.study import run as run_mod
 from alh_ref.study import run_study
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InputError, RunError
 from ..io_utils import atomic_write_json, atomic_write_text, ensure_writable_dir
-from .cache import StudyCache, manifest
+from .resume import StudyCache, manifest
 from .data import DOMAINS, load_data, synthetic_floors
 from .measure import base_log_probs, counts, measure
 from .plots import write_plots
@@ -122,7 +122,7 @@ def run_study(size="default", setting=None, out_dir=None, seed=0, progress=True,
     seed : int   first seed; the study uses seed, seed+1, ..., seed+n_seeds-1
     progress : bool   one line per finished run on stderr
     resume : bool   keep the units already in ``out_dir``/cache (same configuration and data, else
-        InputError) and run only the missing ones; False starts the cache afresh (cache.py)
+        InputError) and run only the missing ones; False starts the cache afresh (resume.py)
     **overrides : configuration keys to replace (settings.resolve)
 
     Returns

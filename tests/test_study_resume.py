@@ -91,3 +91,23 @@ def test_a_real_kill_9_then_resume(straight, tmp_path):
     res = run_study("micro", out_dir=tmp_path, resume=True, **KW)
     assert res["complete"] and res["cached_units"] >= 3
     assert _numbers(tmp_path) == _numbers(straight)        # bit-equal: same code path, same inputs (see above)
+
+
+def test_a_fresh_run_never_deletes_an_unfinished_cache(tmp_path, monkeypatch):
+    """Without --resume, an unfinished run's units (possibly hours of training) are refused, not deleted."""
+    _interrupt_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_study("micro", out_dir=tmp_path, **KW)
+    monkeypatch.setattr(cache_mod, "unit_done", lambda unit: None)
+    kept = sorted(p.name for p in (tmp_path / "cache").glob("*.json"))
+    with pytest.raises(InputError, match=r"2 finished unit\(s\) of an unfinished run; continue it with --resume"):
+        run_study("micro", out_dir=tmp_path, **KW)
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.json")) == kept
+
+
+def test_a_fresh_run_may_replace_a_complete_cache(straight, monkeypatch):
+    """A finished run is reproducible, so running the same command again without --resume recomputes it."""
+    assert json.loads((straight / "cache" / "manifest.json").read_text())["complete"] is True
+    before = _numbers(straight)
+    res = run_study("micro", out_dir=straight, **KW)
+    assert res["cached_units"] == 0 and _numbers(straight) == before    # bit-equal: same code, same inputs

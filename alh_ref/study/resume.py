@@ -62,9 +62,20 @@ class StudyCache:
                 raise InputError(f"cannot resume from {str(self.folder)!r}: it was written with a different "
                                  f"{_differs(old, man)}; expected the same options (drop --resume to start fresh)")
         elif self.folder.exists():
-            shutil.rmtree(self.folder)                                                     # a fresh run: forget old units
+            units = sorted(f.name for f in self.folder.glob("*.json") if f.name != "manifest.json")
+            if units and not _complete(path):                                               # hours of training: keep them
+                raise InputError(f"{str(self.folder)!r} holds {len(units)} finished unit(s) of an unfinished run; "
+                                 "continue it with --resume, or give another --name (or delete that folder) "
+                                 "to start fresh")
+            shutil.rmtree(self.folder)                                 # a fresh run after a complete one: recomputed
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, man)
+        self.manifest = man
+
+    def mark_complete(self):
+        """Record that every unit is in: a later fresh run may then replace this cache (it is reproducible)."""
+        if self.folder is not None:
+            atomic_write_json(self.folder / "manifest.json", dict(self.manifest, complete=True))
 
     def get(self, unit):
         """The stored unit (a dict) or None."""
@@ -81,6 +92,14 @@ class StudyCache:
             atomic_write_json(self.folder / f"{unit}.json", value)
         unit_done(unit)
         return value
+
+
+def _complete(path):
+    """True if the manifest at ``path`` says its run finished."""
+    try:
+        return bool(json.loads(path.read_text(encoding="utf-8")).get("complete"))
+    except (OSError, ValueError):
+        return False
 
 
 def unit_done(unit):

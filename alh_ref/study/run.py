@@ -187,6 +187,7 @@ def run_study(size="default", setting=None, out_dir=None, seed=0, progress=True,
             atomic_write_json(f"{out_dir}/results.json", results)                               # per-seed records so far
     results["cached_units"] = cache.hits
     results["runtime_s"] = time.perf_counter() - t0
+    cache.mark_complete()
     return finish(results, out_dir, progress, t0)
 
 

@@ -180,7 +180,15 @@ def save_checkpoint(folder, tensors: dict, manifest: dict) -> None:
     arrays = _check_tensors(tensors)
     meta = to_jsonable(manifest)
     json.dumps(meta)  # cannot fail after to_jsonable; here so nothing below is written on a bug
-    folder = ensure_writable_dir(folder)
+    try:
+        folder = ensure_writable_dir(folder)
+    except InputError as e:
+        p = Path(folder)
+        if (p.is_dir() or p.parent.is_dir()) and not (p.exists() and not p.is_dir()):
+            # an existing folder that cannot be written (made read-only, full): a disk fault, so a run's
+            # failure path (history kept, resume hint) runs; a file in the way stays the caller's InputError
+            raise DiskError(f"could not write checkpoint: {e}") from None
+        raise
 
     blob = stnp.save(arrays)                                   # bytes of the whole file
     meta["format"] = CHECKPOINT_FORMAT

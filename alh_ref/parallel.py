@@ -1,6 +1,6 @@
 """Data parallelism over the CPU cores: a batch split into micro-batches that run on threads at once.
 
-    step = data_parallel(loss_and_grads, threads=2)
+    step = DataParallel(loss_and_grads, threads=2)
     loss, grads = step(x, y)          # same contract as loss_and_grads(x, y)
 
 The wrapped function must compute the mean loss over the batch's counted target tokens, every
@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["DataParallel", "available_cores", "blas_limit", "counted_targets", "data_parallel", "resolve_threads",
+__all__ = ["DataParallel", "available_cores", "blas_limit", "counted_targets", "resolve_threads",
            "split_sizes"]
 
 _controller = None
@@ -163,8 +163,3 @@ def reduce_weighted(results, weights):
             acc += gk[name] * g0.dtype.type(w)
         grads[name] = acc
     return loss, grads
-
-
-def data_parallel(loss_and_grads, threads=None, split=True):
-    """Wrap ``loss_and_grads`` in a :class:`DataParallel` over ``threads`` threads (None: all cores)."""
-    return DataParallel(loss_and_grads, threads, split)

@@ -8,7 +8,7 @@ from alh_ref.alh import ALHConfig
 from alh_ref.alh.methods import make_method
 from alh_ref.errors import InputError
 from alh_ref.model import GPTConfig, gpt_backward, gpt_forward, init_params
-from alh_ref.parallel import DataParallel, counted_targets, data_parallel, resolve_threads, split_sizes
+from alh_ref.parallel import DataParallel, counted_targets, resolve_threads, split_sizes
 
 from tolerances import assert_ulp_close
 
@@ -105,7 +105,7 @@ def test_one_thread_is_the_serial_path():
     params = init_params(CFG, seed=10, dtype=np.float64)
     f = _gpt_loss_and_grads(params)
     x, y = _batch(4, seed=11)
-    lp, gp = data_parallel(f, 1)(x, y)
+    lp, gp = DataParallel(f, 1)(x, y)
     ls, gs = f(x, y)
     assert lp == ls                               # exact: threads=1 calls f itself on the same inputs
     for name in gs:

@@ -133,3 +133,16 @@ def test_torch_resumes_runs_of_either_backend(out, texts):
                                [r["loss"] for r in _history(out / "torch_base")], rtol=1e-6)
     with pytest.raises(InputError, match="differs from this run"):
         truns.pretrain(out, "torch_base2", resume=True, steps=8, seed=5)
+
+
+def test_torch_resume_keeps_the_runs_keep_and_spares_pinned_checkpoints(out, texts):
+    """--resume keeps the run's own --keep 0 (every checkpoint), and pruning spares a pinned base checkpoint."""
+    truns.pretrain(out, "keep_all", corpus=texts["a"], vocab_size=300, steps=2, ckpt_every=1, keep=0, **DIMS)
+    truns.pretrain(out, "keep_all", resume=True, steps=4)
+    assert [p.name for _, p in runs.list_checkpoints(out / "keep_all")] == [f"step-{s:06d}" for s in (1, 2, 3, 4)]
+    truns.pretrain(out, "pinned", corpus=texts["a"], vocab_size=300, steps=2, ckpt_every=1, keep=1, **DIMS)
+    runs.adapt(out, "on_pinned", base=str(out / "pinned"), corpus=texts["b"], method="embed-ft", steps=1,
+               batch_size=DIMS["batch_size"])
+    truns.pretrain(out, "pinned", resume=True, steps=4)
+    names = [p.name for _, p in runs.list_checkpoints(out / "pinned")]
+    assert "step-000002" in names and names[-1] == "step-000004"          # the adapted run's base survives

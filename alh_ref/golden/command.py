@@ -1,23 +1,10 @@
 """``alh-ref golden``: write a bundle or check one, on the implementation asked for; returns lines, prints nothing."""
-import contextlib
 from pathlib import Path
 
 from .. import ops
 from ..errors import InputError
 from .bundle import MANIFEST_FILE, write_bundle
 from .check import check_bundle, format_report
-
-IMPLS = ("fast", "ref")
-
-
-def _using(impl):
-    """``ops.using(impl)``; where this alh_ref has no implementation switch, only "fast" exists."""
-    if hasattr(ops, "using"):
-        return ops.using(impl)
-    if impl != "fast":
-        raise InputError(f"--impl {impl} needs alh_ref.ops.using, which this alh_ref does not have; expected fast")
-    return contextlib.nullcontext()
-
 
 def golden_command(out=None, check=None, reference=None, impl="fast"):
     """What ``alh-ref golden --out DIR`` / ``--check DIR [--reference DIR] [--impl fast|ref]`` do.
@@ -43,9 +30,9 @@ def golden_command(out=None, check=None, reference=None, impl="fast"):
         raise InputError("golden needs exactly one of --out DIR (write a bundle) or --check DIR (check one)")
     if reference is not None and check is None:
         raise InputError("--reference only goes with --check DIR")
-    if impl not in IMPLS:
-        raise InputError(f"unknown --impl {impl!r}; expected one of {', '.join(IMPLS)}")
-    with _using(impl):
+    if impl not in ops.IMPLS:                               # named as the flag the user typed
+        raise InputError(f"unknown --impl {impl!r}; expected one of {', '.join(ops.IMPLS)}")
+    with ops.using(impl):
         if out is not None:
             m = write_bundle(out)
             size = sum((Path(out) / c["file"]).stat().st_size for c in m["cases"].values())

@@ -62,6 +62,6 @@ def dispatch(fast, ref):
     op.__name__ = op.__qualname__ = fast.__name__.removesuffix("_fast")
     op.__module__ = fast.__module__
     op.__doc__ = (f"{fast.__name__} (Numba) or {ref.__name__} (NumPy twin), whichever alh_ref.ops.current() "
-                  f"names; the contract is {ref.__name__}'s.")
+                  f"names; the contract is {ref.__name__}'s:\n\n" + (ref.__doc__ or ""))
     op.impls = impls
     return op

@@ -64,8 +64,9 @@ def fit(rd, job, setup, progress, notes) -> dict:
     def on_save(step, rng_state):
         try:
             write_history(rd, st.history)
-        except OSError as e:
-            raise DiskError(f"could not write {str(Path(rd) / 'history.jsonl')!r}: {e.strerror or e}") from None
+        except (OSError, InputError) as e:                     # InputError: the folder was made read-only
+            raise DiskError(f"could not write {str(Path(rd) / 'history.jsonl')!r}: "
+                            f"{getattr(e, 'strerror', None) or e}") from None
         last[0] = save_state(rd, step, st.params, st.opt, rng_state, manifest)
         kept[:] = prune(rd, sched.keep)
 
@@ -90,18 +91,18 @@ def fit(rd, job, setup, progress, notes) -> dict:
         train(st.params, st.opt, st.loss_and_grads, st.tokens, st.B, st.T, max(0, target - start), st.rng,
               on_step=on_step, progress=progress, save_every=sched.ckpt_every, on_save=on_save, past_losses=past)
     except KeyboardInterrupt:
-        _keep_history(rd, st.history, last[0])
+        _keep_history(rd, st.history)
         summary("interrupted")
         raise
     except RunError as e:
-        _keep_history(rd, st.history, last[0])
+        _keep_history(rd, st.history)
         msg = _failure_message(e, job, rd, last[0], st.opt.cfg.lr, sched.ckpt_every)
         summary("failed", msg)
         raise type(e)(msg) from None
     return summary("done")
 
 
-def _keep_history(rd, history, last):
+def _keep_history(rd, history):
     """Write the history after a stop (best effort: the disk may be full)."""
     try:
         write_history(rd, history)

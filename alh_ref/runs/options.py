@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, fields, replace
 from ..alh.adapted import ALHConfig
 from ..corpora import SPLITS
 from ..errors import InputError
-from ..model import CONFIGS
 from ..optim import AdamWConfig
 
 SPLIT_CHOICES = SPLITS + ("all",)
@@ -86,7 +85,6 @@ class AdaptSpec:
 
 
 ALH_OPTIONS = ("encoder", "site", "out_context", "D", "hyper_layers", "hyper_heads", "K", "R")
-MODEL_CHOICES = tuple(CONFIGS)
 
 
 def names(cls) -> tuple:

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+from ..cli import DEBUG_ENV, _train_lines
 from ..errors import ALHRefError
 
 
@@ -145,10 +146,9 @@ def _run(args):
     fn = runs.pretrain if args.command == "pretrain" else runs.adapt
     s = fn(args.out, args.name, progress=progress, device=args.device, dtype=args.dtype, corpus_opts=copts, **opts)
     what = "pretrained" if args.command == "pretrain" else f"adapted ({s['method']}, {s['n_trainable']:,} trainable)"
-    return 0, s, [f"{what} {s['run']}: {s['status']} at step {s['step']}/{s['target_steps']}, loss "
-                  f"{s['loss_first']:.4f} -> {s['loss_last']:.4f}, {s['tokens_per_s']:,.0f} tokens/s "
-                  f"(torch, {s['device']}, {s['dtype']}, {s['world_size']} process(es))",
-                  f"checkpoint: {s['checkpoint']}"]
+    lines = _train_lines(s, what)                                  # the alh-ref wording (None-safe: a resume may add no step)
+    lines[0] += f" (torch, {s['device']}, {s['dtype']}, {s['world_size']} process(es))"
+    return 0, s, lines
 
 
 def main(argv=None):
@@ -176,6 +176,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted (checkpoints already written are kept)", file=sys.stderr, flush=True)
         return 130
+    except Exception as e:  # noqa: BLE001 — the last line of defence, as in alh-ref: no traceback for users
+        print(f"internal error: {type(e).__name__}: {e} (please report; rerun with {DEBUG_ENV}=1 for a traceback)",
+              file=sys.stderr, flush=True)
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
+        return 1
     if not quiet:
         for line in lines:
             print(line, flush=True)

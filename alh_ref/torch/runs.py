@@ -12,7 +12,7 @@ are in alh_ref.torch.train.
 import json
 import math
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..model import CONFIGS, init_params
 from ..optim import AdamWConfig
 from ..runs import find_tokenizer, list_checkpoints, load_model, load_split, model_config, run_path, stream_tokens
+from ..runs.options import Schedule
 from ..tokenizer import train_bpe
 from .methods import load_trainable, make_method
 from .optim import AdamW
@@ -39,7 +40,7 @@ _A = ALHConfig()
 ADAPT_OPTIONS = {"method": None, "split": "train", "batch_size": 16, "seed": 0, "encoder": _A.encoder,
                  "site": _A.site, "out_context": _A.out_context, "D": _A.D, "hyper_layers": _A.n_layer,
                  "hyper_heads": _A.n_head, "K": _A.K, "R": _A.R, "lora_rank": 4}
-SESSION = {"steps": 200, "ckpt_every": 50, "keep": 3}
+SESSION = asdict(Schedule())                                    # steps, ckpt_every, keep: the CLI's defaults
 
 
 def _resolve(given, defaults):
@@ -106,7 +107,8 @@ def pretrain(out="runs", name="base", *, resume=False, progress=False, device="c
     method = make_method("full-ft", base, cfg, dtype=dt, device=dev)
     manifest = {"run_format_version": RUN_FORMAT_VERSION, "kind": "base", "gpt_config": cfg.to_dict(),
                 "tokenizer_sha256": tok.sha256, "corpus_fingerprint": data.fingerprint,
-                "corpus": _corpus_meta(opts, o["split"], data, tokens), "options": o, "target_steps": s["steps"]}
+                "corpus": _corpus_meta(opts, o["split"], data, tokens), "options": o, "target_steps": s["steps"],
+                "schedule": s}
     if rank == 0:
         tok.save(rd / "tokenizer")
     info = {"n_params": int(sum(a.size for a in base.values())), "gpt_config": cfg.to_dict()}
@@ -144,7 +146,7 @@ def adapt(out="runs", name=None, *, resume=False, progress=False, device="cpu", 
     manifest = {"run_format_version": RUN_FORMAT_VERSION, "kind": "adapt", "gpt_config": cfg.to_dict(),
                 "tokenizer_sha256": tok.sha256, "corpus_fingerprint": data.fingerprint,
                 "corpus": _corpus_meta(opts, o["split"], data, tokens), "options": o, "target_steps": s["steps"],
-                "method": o["method"], "alh_config": acfg.to_dict(),
+                "schedule": s, "method": o["method"], "alh_config": acfg.to_dict(),
                 "base": {"path": str(p), "relpath": os.path.relpath(p, Path(rd).resolve()), "step": int(bmeta["step"]),
                          "safetensors_sha256": bmeta["safetensors_sha256"]}}
     if rank == 0:
@@ -175,7 +177,7 @@ def _resume(rd, job, opts, progress, device, dtype):
         if opts.get(k) is not None and opts[k] != o.get(k):
             raise InputError(f"--{k.replace('_', '-')} {opts[k]} differs from this run's {o.get(k)}; a resumed run keeps "
                              "its data, model, method and seed (drop the option, or start a new run with another --name)")
-    s = _resolve(opts, SESSION)
+    s = _resolve(opts, dict(SESSION, **(meta.get("schedule") or {})))   # the run's own --keep/--ckpt-every
     s["steps"] = opts["steps"] if opts.get("steps") is not None else meta["target_steps"]
     if s["steps"] < meta["step"]:
         raise InputError(f"--steps {s['steps']} is below the {meta['step']} steps this run has done; expected the new total")
@@ -189,7 +191,7 @@ def _resume(rd, job, opts, progress, device, dtype):
     arrays = load_checkpoint(m["checkpoint"])[0]
     opt.load_state({k[4:]: a for k, a in arrays.items() if k.startswith("opt.")}, meta["opt_t"])
     manifest = {k: v for k, v in meta.items() if k not in RESERVED_KEYS + SAVE_KEYS}
-    manifest["target_steps"] = s["steps"]
+    manifest["target_steps"], manifest["schedule"] = s["steps"], s
     path = rd / "history.jsonl"
     history = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
     info = {"resumed_from": int(meta["step"]), "n_trainable": int(sum(p.numel() for p in method.trainable().values()))}

@@ -12,7 +12,6 @@ nccl on CUDA (one device per process, LOCAL_RANK).
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from ..errors import InputError, RunError
 from ..io_utils import atomic_write_json, atomic_write_text
 from ..runs import list_checkpoints, save_state
+from ..runs.folders import prune
 from ..train import sample_batch
 from .methods import trainable_numpy
 
@@ -98,9 +98,7 @@ def fit(rd, job, method, opt, tokens, o, s, rng, manifest, info, progress, rank,
             if rank == 0 and (opt.t % s["ckpt_every"] == 0 or opt.t == s["steps"]):
                 atomic_write_text(Path(rd) / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
                 last = save_state(rd, opt.t, trainable_numpy(method), opt, rng, manifest)
-                if s["keep"]:
-                    for _, old in list_checkpoints(rd)[:-s["keep"]]:
-                        shutil.rmtree(old, ignore_errors=True)
+                prune(rd, s["keep"])                       # spares checkpoints other runs pin (runs/folders.py)
     finally:
         if bar is not None:
             bar.close()

@@ -188,3 +188,13 @@ def test_plots_are_skipped_with_one_line_without_matplotlib(monkeypatch, tmp_pat
     assert write_plots({}, tmp_path) == []
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "matplotlib" in err[0] and not list(tmp_path.iterdir())
+
+
+def test_spearman_gives_ties_one_rank_whatever_their_order():
+    """Tied x values (e.g. several methods with exactly preserved geometry) get their average rank,
+    so reordering the tied entries cannot change rho (argsort ranks would)."""
+    x, y = np.array([0.0, 0.0, 0.0, 1.0, 2.0]), np.array([3.0, 1.0, 2.0, 4.0, 5.0])
+    rho, _ = spearman_perm(x, y, n_perm=200)
+    rho2, _ = spearman_perm(x, y[[2, 0, 1, 3, 4]], n_perm=200)               # the tied entries' y reordered
+    assert rho == pytest.approx(rho2, abs=1e-12)
+    assert rho == pytest.approx(np.corrcoef([2, 2, 2, 4, 5], [3, 1, 2, 4, 5])[0, 1], abs=1e-12)

@@ -21,13 +21,12 @@ import math
 
 import numpy as np
 
-from .alh.methods import transformed_dictionary
 from .errors import InputError
 from .train import sample_batch
 
 __all__ = ["METRIC_NAMES", "centre_rows", "dictionary_metrics", "displacement", "effective_rank", "eval_loss",
            "eval_windows", "gram_drift", "hyperspherical_energy", "log_softmax", "mean_abs_cos",
-           "method_dictionary_metrics", "perplexity", "token_losses", "transformed_dictionary", "unit_rows"]
+           "method_dictionary_metrics", "perplexity", "token_losses", "unit_rows"]
 
 METRIC_NAMES = ("mean_abs_cos", "gram_drift", "eff_rank", "energy", "displacement")
 

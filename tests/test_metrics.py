@@ -11,9 +11,9 @@ from alh_ref.alh.adapted import ALHConfig
 from alh_ref.alh.methods import make_method
 from alh_ref.alh.transforms import dense_matrix
 from alh_ref.errors import InputError
+from alh_ref.alh.methods import transformed_dictionary
 from alh_ref.metrics import (dictionary_metrics, displacement, effective_rank, eval_loss, eval_windows, gram_drift,
-                             hyperspherical_energy, mean_abs_cos, method_dictionary_metrics, perplexity,
-                             transformed_dictionary)
+                             hyperspherical_energy, mean_abs_cos, method_dictionary_metrics, perplexity)
 from alh_ref.model import GPTConfig, gpt_forward, init_params
 
 BCFG = GPTConfig(vocab_size=24, block_size=8, n_layer=1, n_head=2, n_embd=8)

@@ -3,14 +3,11 @@ import math
 
 from .data import DOMAINS
 from .measure import position_bins
+from .summary import fmt_interval
 
 
 def _ci(e, nd=3):
     return f"{e['mean']:.{nd}f} ± {e['std']:.{nd}f} [{e['ci'][0]:.{nd}f}, {e['ci'][1]:.{nd}f}]"
-
-
-def _d(e, nd=3):
-    return f"{e['mean']:+.{nd}f} [{e['ci'][0]:+.{nd}f}, {e['ci'][1]:+.{nd}f}]"
 
 
 def _v(x, nd=3):
@@ -83,7 +80,7 @@ def _protocol_tables(results, p):
     for n, s in S.items():
         t = s["test"]
         ppl = " / ".join(f"{math.exp(t[D]['mean']):.2f}" for D in DOMAINS)
-        lines.append(f"| {n} | {_d(t['A']['delta'])} | {_d(t['B']['delta'])} | {_d(t['C']['delta'])} | {ppl} | "
+        lines.append(f"| {n} | {fmt_interval(t['A']['delta'])} | {fmt_interval(t['B']['delta'])} | {fmt_interval(t['C']['delta'])} | {ppl} | "
                      f"{_ci(t['A']['kl'], 4)} | {_ci(t['C']['kl'], 4)} |")
     lines += ["", "Geometry of the effective input dictionary against the pretrained wte (mean over seeds; B and C "
               "test contexts; centred = rows minus their mean):", "",

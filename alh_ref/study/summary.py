@@ -159,3 +159,8 @@ def summarize(results):
         results["protocols"][p]["frontier_table"] = frontier_table(results, p)
     results["summary"] = summ
     return results
+
+
+def fmt_interval(e, nd=3):
+    """``+m [+lo, +hi]`` of a summary entry {"mean", "ci"} (the form every report and verdict line uses)."""
+    return f"{e['mean']:+.{nd}f} [{e['ci'][0]:+.{nd}f}, {e['ci'][1]:+.{nd}f}]"

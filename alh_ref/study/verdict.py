@@ -22,15 +22,11 @@ rule fails in every protocol, "mixed" otherwise. The rules (docs/experiment.md s
 import numpy as np
 from scipy.stats import rankdata
 
-from .summary import loss_diff, position_gain_growth
+from .summary import fmt_interval, loss_diff, position_gain_growth
 
 TOL = 0.02           # nats: "does not degrade" allows at most this much more loss on C
 GRAM_TOL = 1e-4      # relative Gram drift below which the geometry counts as preserved
 N_PERM = 10000
-
-
-def _fmt(d):
-    return f"{d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
 
 
 def combine(flags):
@@ -68,7 +64,7 @@ def claim1(results):
     for p in results["config"]["protocols"]:
         d = loss_diff(results, p, "alh-householder", "none", ["B"])
         flags.append(d["ci"][1] < 0)
-        parts.append(f"{p}: B test loss change vs frozen base {_fmt(d)}")
+        parts.append(f"{p}: B test loss change vs frozen base {fmt_interval(d)}")
     return combine(flags), "; ".join(parts)
 
 
@@ -82,7 +78,7 @@ def claim2(results):
         e = loss_diff(results, p, "embed-ft", "none", ["C"])
         d = loss_diff(results, p, "embed-ft", "alh-householder", ["C"])
         flags.append(a["ci"][1] <= TOL and d["ci"][0] > 0)
-        parts.append(f"{p}: C change alh {_fmt(a)} (tolerance {TOL}), embed-ft {_fmt(e)}, embed-ft minus alh {_fmt(d)}")
+        parts.append(f"{p}: C change alh {fmt_interval(a)} (tolerance {TOL}), embed-ft {fmt_interval(e)}, embed-ft minus alh {fmt_interval(d)}")
     return combine(flags), "; ".join(parts)
 
 
@@ -122,7 +118,7 @@ def claim4(results):
         g = position_gain_growth(results, p, ctrl, "alh-householder", "B")
         fa.append(d["ci"][1] < 0 and dp["ci"][1] < 0)
         fb.append(g["ci"][0] > 0)
-        parts.append(f"{p} ({'+'.join(doms)} test): alh minus {ctrl} {_fmt(d)}, alh-prev minus it {_fmt(dp)}; "
+        parts.append(f"{p} ({'+'.join(doms)} test): alh minus {ctrl} {fmt_interval(d)}, alh-prev minus it {fmt_interval(dp)}; "
                      f"gain on B t<4 {g['early']:+.3f}, t>=16 {g['late']:+.3f}, growth {g['growth']:+.3f} "
                      f"[{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]")
     a, b = combine(fa), combine(fb)

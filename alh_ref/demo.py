@@ -8,6 +8,7 @@ module is cheap (no NumPy / Numba), so ``alh-ref --help`` stays fast.
     alh-ref demo --quick             the same at toy size (under 90 s): a smoke test, not a result
     alh-ref demo --full              documented strength (C=128, L=4, 1500 adaptation steps, 3 seeds)
     alh-ref demo --full --resume     the same, keeping the finished units of an interrupted run (re-run until complete)
+    alh-ref demo --full --jobs 2     the units computed by 2 worker processes side by side (one core each)
     alh-ref demo --setting synthetic three latent-chain domains with exact loss floors
     alh-ref demo --corpus-a A --corpus-b B --corpus-c C    your own text files or folders
 """
@@ -25,6 +26,9 @@ def add_demo_arguments(p):
     g.add_argument("--full", action="store_true", help="documented strength: C=128, L=4, 1500 adaptation steps (hours)")
     p.add_argument("--resume", action="store_true",
                    help="keep the finished units in <out>/<name>/cache and run only the missing ones (re-run until complete)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="worker processes computing the study's units side by side, BLAS on one thread each "
+                        "(default 1: one process, BLAS on every core); the same units, rounding aside")
     p.add_argument("--setting", choices=("text", "synthetic"), default=None,
                    help="text (default: A = pydoc, B = pycode, C = docstrings) or synthetic (three latent chains)")
     for D, what in (("a", "domain A (the base is pretrained on it)"), ("b", "domain B (the new domain)"),
@@ -55,7 +59,7 @@ def cmd_demo(args):
     from .study import run_study
     folder = run_dir(args.out, args.name)
     res = run_study(size=size, setting=setting, out_dir=str(folder), seed=0 if args.seed is None else args.seed,
-                    progress=args.progress != "off", resume=args.resume, **overrides)
+                    progress=args.progress != "off", resume=args.resume, jobs=args.jobs, **overrides)
     summary = {"job": "demo", "run": str(folder), "size": size, "setting": res["config"]["setting"],
                "files": res.get("files", []), "verdict": res["verdict"]["lines"], "runtime_s": res.get("runtime_s")}
     lines = res["verdict"]["lines"] + [f"study complete: wall time {res['runtime_s']:.0f} s ({res['cached_units']} units "

@@ -10,7 +10,7 @@ import pytest
 
 from alh_ref.errors import InputError
 from alh_ref.study import resume as cache_mod
-from alh_ref.study import run as run_mod
+from alh_ref.study import units as units_mod
 from alh_ref.study import run_study
 
 KW = dict(setting="synthetic", seed=3, progress=False, protocols=("shift", "mix"),
@@ -63,8 +63,8 @@ def test_interrupted_twice_and_resumed_equals_an_uninterrupted_run(straight, tmp
 def test_a_complete_cache_resumes_without_training(straight, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("pretrained although every unit is cached")
-    monkeypatch.setattr(run_mod, "pretrain_base", boom)
-    monkeypatch.setattr(run_mod, "_run_method", boom)
+    monkeypatch.setattr(units_mod, "pretrain_base", boom)
+    monkeypatch.setattr(units_mod, "run_method", boom)
     before = _numbers(straight)
     res = run_study("micro", out_dir=straight, resume=True, **KW)
     assert res["cached_units"] == 14
@@ -111,3 +111,81 @@ def test_a_fresh_run_may_replace_a_complete_cache(straight, monkeypatch):
     before = _numbers(straight)
     res = run_study("micro", out_dir=straight, **KW)
     assert res["cached_units"] == 0 and _numbers(straight) == before    # bit-equal: same code, same inputs
+
+
+def _close(a, b, path="results"):
+    """Nested results equal in structure, strings and ints, floats within 1e-6 relative (rounding)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-9), path
+    else:
+        assert a == b, path
+
+
+def test_two_workers_compute_each_unit_once_and_match_one(straight, tmp_path, capfd):
+    res = run_study("micro", out_dir=tmp_path / "run", jobs=2, **dict(KW, progress=True))
+    err = capfd.readouterr().err
+    assert res["complete"] and res["cached_units"] == 0
+    computed = [ln.split("] ", 1)[1].split(" test ")[0] for ln in err.splitlines() if " worker " in ln and " test " in ln]
+    assert len(computed) == 14 and len(set(computed)) == 14, computed       # every unit once, by one worker
+    # not bit-equal: the workers run BLAS on one thread, the straight run on every core (another summation order)
+    _close(_numbers(tmp_path / "run"), _numbers(straight))
+
+
+def test_a_held_unit_and_its_dependants_wait_for_its_holder(straight, tmp_path):
+    """While another process holds shift-embed-ft-3, every other unit is computed; the held one and the units
+    that need its tuning entry wait, and are computed once it is released."""
+    import threading
+    from alh_ref.study.resume import StudyCache
+    from alh_ref.study.run import _assemble
+    from alh_ref.study.settings import resolve
+    from alh_ref.study.data import load_data
+    from alh_ref.study.protocol import base_config, resolve_matched
+    cfg = resolve("micro", KW["setting"], protocols=KW["protocols"], methods=KW["methods"])
+    data = load_data(cfg)
+    gcfg = base_config(cfg, data["V"])
+    setup = {"gcfg": gcfg, "cfg": cfg, "data": data, "matched": resolve_matched(cfg, gcfg), "seeds": [3, 4]}
+    man = cache_mod.manifest(cfg, setup["seeds"], data)
+    mine, other = StudyCache(tmp_path, man, resume=False), StudyCache(tmp_path, man, resume=True)
+    held = "shift-embed-ft-3"
+    waits = {held, "shift-embed-ft-l2-3", "shift-embed-ft-4", "shift-embed-ft-l2-4"}
+    every = {u[0] for u in units_mod.schedule(cfg, setup["seeds"])}
+    with other.claim(held) as got:
+        assert got
+        t = threading.Thread(target=units_mod.compute_missing, args=(mine, setup), kwargs={"poll": 0.05})
+        t.start()
+        t_end = time.monotonic() + 120
+        while {u for u in every if mine.has(u)} != every - waits and time.monotonic() < t_end:
+            time.sleep(0.05)
+        assert {u for u in every if mine.has(u)} == every - waits
+        time.sleep(0.3)                                                   # several polls: still waiting
+        assert not any(mine.has(u) for u in waits) and t.is_alive()
+    t.join(120)
+    assert not t.is_alive() and all(mine.has(u) for u in every)
+    assert _assemble(mine, setup, data)["protocols"]["shift"]["methods"]["embed-ft"]["per_seed"][1]["seed"] == 4
+
+
+def test_a_unit_held_by_another_process_is_skipped(tmp_path):
+    from alh_ref.study.resume import StudyCache
+    man = {"config": {}, "seeds": [0], "data_sha256": "x", "hash": "h"}
+    one, two = StudyCache(tmp_path, man, resume=True), StudyCache(tmp_path, man, resume=True)
+    with one.claim("shift-embed-ft-0") as mine:
+        assert mine
+        with two.claim("shift-embed-ft-0") as theirs:
+            assert not theirs                           # flock on another open file description: refused
+        with two.claim("mix-embed-ft-0") as other:
+            assert other
+    with two.claim("shift-embed-ft-0") as now:
+        assert now                                      # released when the holder's block ended
+
+
+def test_jobs_needs_an_output_folder():
+    with pytest.raises(InputError, match="jobs must be a whole number >= 1"):
+        run_study("micro", jobs=2, **KW)

@@ -6,7 +6,14 @@ entry and frontier points, i.e. the whole learning-rate sweep). Bases are not st
 re-pretrained from their seed (deterministic, and a small share of the study), and only when a unit
 of that seed is still missing. ``manifest.json`` holds the hash of the resolved configuration, the
 seeds and a fingerprint of the data; a resumed run refuses a cache whose hash differs.
+
+Several processes may work on one cache at once (``run_study(..., jobs=N)``, or the same
+``--resume`` command started twice): a process computes a unit only while it holds that unit's
+lock, ``locks/<unit>.lock`` (an ``flock``, released by the kernel if the process dies), and skips a
+unit another process holds.
 """
+import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
@@ -48,11 +55,11 @@ def manifest(cfg, seeds, data):
 
 
 class StudyCache:
-    """The cache folder of one run (``folder`` None: a no-op cache that keeps nothing)."""
+    """The cache folder of one run (``folder`` None: the units are kept in memory only)."""
 
     def __init__(self, folder, man, resume):
         self.folder = None if folder is None else Path(folder)
-        self.hits = 0
+        self.memory = {}
         if self.folder is None:
             return
         path = self.folder / "manifest.json"
@@ -77,21 +84,45 @@ class StudyCache:
         if self.folder is not None:
             atomic_write_json(self.folder / "manifest.json", dict(self.manifest, complete=True))
 
+    def has(self, unit):
+        """True if the unit is finished (by this process or any other)."""
+        return unit in self.memory if self.folder is None else (self.folder / f"{unit}.json").exists()
+
     def get(self, unit):
         """The stored unit (a dict) or None."""
-        if self.folder is None or not (self.folder / f"{unit}.json").exists():
+        if not self.has(unit):
             return None
-        self.hits += 1
+        if self.folder is None:
+            return json.loads(self.memory[unit])
         return json.loads((self.folder / f"{unit}.json").read_text(encoding="utf-8"))
 
     def put(self, unit, value):
-        """Store a finished unit atomically, call :func:`unit_done` (the tests' interruption hook) and
-        return the unit as read back, so a fresh and a resumed run carry the very same JSON values."""
-        value = json.loads(json.dumps(value))
-        if self.folder is not None:
-            atomic_write_json(self.folder / f"{unit}.json", value)
+        """Store a finished unit atomically, then call :func:`unit_done` (the tests' interruption hook).
+        Every reader gets the unit back from its JSON, so a fresh and a resumed run carry the same values."""
+        text = json.dumps(value)
+        if self.folder is None:
+            self.memory[unit] = text
+        else:
+            atomic_write_json(self.folder / f"{unit}.json", json.loads(text))
         unit_done(unit)
-        return value
+
+    @contextlib.contextmanager
+    def claim(self, unit):
+        """Hold unit's lock while the block runs; yields False (at once) if another process holds it."""
+        if self.folder is None:
+            yield True
+            return
+        (self.folder / "locks").mkdir(exist_ok=True)
+        with open(self.folder / "locks" / f"{unit}.lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _complete(path):

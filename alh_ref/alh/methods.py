@@ -166,12 +166,9 @@ def _static_linear_method(name, base, bcfg, acfg, seed):
     """static-householder / static-lowrank as one (C,C) matrix: the same parameters and function as
     the ALH path with the static encoder (theta is the same at every slot), without per-position work.
 
-        Y_in = [T e_1; ...; T e_C]   (C,C) rows,   tok' = wte[x] @ Y_in = (T wte[x]^T)^T
-        Y_out = [T^T e_i]            (C,C),        logits = (T^T z) . W = z @ Y_out @ W   (W (C,V) columns)
-    so the base GPT runs with tok = tok' and its head matrix replaced: tied, wte' = wte @ Y_out^T
-    (W = wte^T); untied, lm_head' = Y_out @ lm_head.w.
-    Backward: dY_in = tok^T dtok'; dY_out = dwte'^T wte (tied) or dlm_head' lm_head.w^T (untied);
-    then through the transform on the basis vectors, the head and the static context vector.
+        tok' = wte[x] @ Y_in,  wte' = wte @ Y_out^T (tied) or lm_head' = Y_out @ lm_head.w (untied)
+    with Y_in (C,C) the rows T e_i and Y_out the rows T^T e_i. Derivation and backward: docs/alh.md,
+    section 11 ("static-householder and static-lowrank as one (C,C) matrix").
     """
     hyp = alh_init(bcfg, acfg, seed=seed, dtype=base["wte"].dtype)
     C, fam = bcfg.n_embd, acfg.family

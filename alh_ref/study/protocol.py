@@ -35,17 +35,41 @@ def base_config(cfg, V):
 
 
 def pretrain_base(data, gcfg, cfg, seed):
-    """Pretrain the base GPT on A's train stream (params seeded ``seed``, batches rng (seed, 1)).
+    """Pretrain the base GPT on A's train stream (params seeded ``seed``, batches rng (seed, 1)), with
+    early stopping on A's validation loss.
+
+    Every ``pretrain_eval_every`` steps (and after the last) the A val loss is measured; training
+    stops once it has not improved for ``pretrain_patience`` evaluations in a row, and the
+    parameters of the best evaluation are returned. A's train split is small: a base trained on it
+    for too long memorises it (its train loss falls far below its val loss) and is a poor model of
+    A, and a worse one of B and C, so every method would be adapting a degenerate model.
 
     Returns
     -------
-    base : dict of parameters;  final_loss : float (mean training loss of the last 10 steps)
+    base : dict of parameters (the best evaluation's)
+    info : dict  best_step, stopped_step, final_loss (mean training loss of the 10 steps before
+        best_step), curve [{"step", "train", "A"}] (train: mean loss since the previous evaluation)
     """
     base = init_params(gcfg, seed=seed)
-    opt = AdamW(base, list(param_shapes(gcfg)), _adamw(cfg, cfg["pretrain_lr"], cfg["pretrain_steps"]), decayed)
-    hist = train(base, opt, lambda x, y: gpt_loss_and_grads(base, gcfg, x, y), data["domains"]["A"]["train"],
-                 cfg["batch_size"], gcfg.block_size, cfg["pretrain_steps"], np.random.default_rng([seed, 1]))
-    return base, float(np.mean([h["loss"] for h in hist[-10:]]))
+    steps, every = cfg["pretrain_steps"], cfg["pretrain_eval_every"]
+    opt = AdamW(base, list(param_shapes(gcfg)), _adamw(cfg, cfg["pretrain_lr"], steps), decayed)
+    rng = np.random.default_rng([seed, 1])
+    none = make_method("none", base, gcfg)                                              # reads base in place
+    losses, curve, best, since = [], [], None, 0
+    while len(losses) < steps and since < cfg["pretrain_patience"]:
+        n = min(every, steps - len(losses))
+        hist = train(base, opt, lambda x, y: gpt_loss_and_grads(base, gcfg, x, y), data["domains"]["A"]["train"],
+                     cfg["batch_size"], gcfg.block_size, n, rng)                         # continues opt and rng
+        losses += [h["loss"] for h in hist]
+        curve.append({"step": len(losses), "train": float(np.mean(losses[-n:])),
+                      "A": mean_loss(none, data["domains"]["A"]["val"])})
+        if best is None or curve[-1]["A"] < best[0]:
+            best, since = (curve[-1]["A"], len(losses), {k: v.copy() for k, v in base.items()}), 0
+        else:
+            since += 1
+    info = {"best_step": best[1], "stopped_step": len(losses), "curve": curve,
+            "final_loss": float(np.mean(losses[max(0, best[1] - 10):best[1]]))}
+    return best[2], info
 
 
 def resolve_matched(cfg, gcfg):

@@ -23,7 +23,11 @@ def _setup(results):
              f"{c['max_val_docs']} / {c['max_test_docs']} evenly spaced documents, one window each, aligned to the "
              "document start): " + "; ".join(f"{D} {nd[D]['train']} / {nd[D]['val']} / {nd[D]['test']}" for D in DOMAINS),
              f"- base: C={c['n_embd']}, L={c['n_layer']}, NH={c['n_head']}, T={c['block_size']}, V={d['V']}; pretrained "
-             f"{c['pretrain_steps']} steps on A (lr {c['pretrain_lr']:g}, batch {c['batch_size']})",
+             f"on A (lr {c['pretrain_lr']:g}, batch {c['batch_size']}) for at most {c['pretrain_steps']} steps, early-stopped on A "
+             f"val loss (evaluated every {c['pretrain_eval_every']} steps, patience {c['pretrain_patience']}): kept step "
+             + ", ".join(f"{b['pretrain']['best_step']} of {b['pretrain']['stopped_step']}" for b in results["base"])
+             + " (per seed; train / A val loss at the kept step: "
+             + ", ".join(f"{b['pretrain_final_loss']:.3f} / {b['val']['A']:.3f}" for b in results["base"]) + ")",
              f"- adaptation: {c['adapt_steps']} steps, batch {c['batch_size']} (mix: half A, half B), AdamW (wd 0.1, "
              f"clip 1.0, {int(100 * c['warmup_frac'])}% warmup, cosine); protocols {', '.join(c['protocols'])}",
              f"- tuning: lr grid {c['lrs']} for every trained method (embed-ft-l2: strength grid {c['l2s']} at "

@@ -45,6 +45,9 @@ _DEFAULT = {
     "lora_rank": 4,
     # optimisation: AdamW (betas 0.9/0.95, wd 0.1 on 2-D weights, clip 1.0), warmup then cosine
     "batch_size": 8, "pretrain_steps": 500, "pretrain_lr": 3e-3, "adapt_steps": 120, "warmup_frac": 0.1,
+    # the base is pretrained for at most pretrain_steps, with early stopping on A val loss (evaluated every
+    # pretrain_eval_every steps; stopped after pretrain_patience evaluations without improvement; the best kept)
+    "pretrain_eval_every": 25, "pretrain_patience": 3,
     # fair tuning: one log grid for every trained method, extended past an edge at most max_extend times
     "lrs": (3e-3, 1e-2, 3e-2, 1e-1), "l2s": (1e-3, 1e-2, 1e-1), "max_extend": 6,
     # ALH's own sizes tuned on the same footing (each with the lr grid; the best on val is kept): --full only
@@ -58,7 +61,7 @@ SIZES = {
     # toy size for the CI smoke test: every method, both protocols, seconds per run
     "quick": dict(_DEFAULT, n_embd=16, n_layer=1, n_head=2, block_size=16, bpe_vocab=300,
                   alh={"D": 8, "n_layer": 1, "n_head": 2, "K": 2, "R": 2}, lora_rank=2, batch_size=4,
-                  pretrain_steps=30, adapt_steps=6, lrs=(1e-2, 3e-2), l2s=(1e-2,), max_extend=0,
+                  pretrain_steps=30, pretrain_eval_every=5, adapt_steps=6, lrs=(1e-2, 3e-2), l2s=(1e-2,), max_extend=0,
                   max_test_docs=12, max_val_docs=8, track_points=2, n_positions=2, n_boot=50, n_seeds=2,
                   synthetic=dict(_DEFAULT["synthetic"], n_docs=330, doc_len=20, n_symbols=16)),
     # `alh-ref demo`: the text setting at reduced size (under 15 minutes on 2 cores)
@@ -66,7 +69,7 @@ SIZES = {
     # documented strength: C=128, L=4, 1500 adaptation steps, 3 seeds
     "full": dict(_DEFAULT, n_embd=128, n_layer=4, n_head=4, block_size=64, bpe_vocab=1024,
                  alh={"D": 64, "n_layer": 1, "n_head": 2, "K": 8, "R": 8}, lora_rank=8, batch_size=16,
-                 pretrain_steps=3000, adapt_steps=1500, lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), l2s=(1e-3, 1e-2, 1e-1, 1.0),
+                 pretrain_steps=3000, pretrain_eval_every=100, adapt_steps=1500, lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), l2s=(1e-3, 1e-2, 1e-1, 1.0),
                  max_test_docs=160, max_val_docs=64, track_points=10, n_positions=16, n_boot=2000,
                  alh_sweep=({"K": 4, "D": 32}, {"K": 8, "D": 64}, {"K": 16, "D": 64}, {"K": 8, "D": 128}),
                  synthetic=dict(_DEFAULT["synthetic"], n_docs=1500, doc_len=128)),
@@ -78,7 +81,7 @@ SIZES["micro"] = dict(SIZES["quick"], pretrain_steps=10, adapt_steps=3, lrs=(3e-
                                                           "alh-householder-prev", "side-prev", "alh-film",
                                                           "alh-shuffled"))
 
-_POSITIVE_INTS = ("n_seeds", "batch_size", "pretrain_steps", "adapt_steps", "max_test_docs", "max_val_docs",
+_POSITIVE_INTS = ("n_seeds", "batch_size", "pretrain_steps", "pretrain_eval_every", "pretrain_patience", "adapt_steps", "max_test_docs", "max_val_docs",
                   "track_points", "n_positions", "n_boot", "min_docs", "bpe_vocab")
 
 

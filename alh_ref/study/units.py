@@ -112,12 +112,13 @@ def run_method(name, p, si, s, ctx):
 def prepare_base(ctx, s):
     """Pretrain seed s's base (deterministic in s) and measure it as the method "none" into ctx."""
     gcfg, cfg, data, matched = ctx["gcfg"], ctx["cfg"], ctx["data"], ctx["matched"]
-    base, final = pretrain_base(data, gcfg, cfg, s)
+    base, info = pretrain_base(data, gcfg, cfg, s)
     none = build("none", base, gcfg, cfg, matched, s)
     ctx.update(base=base, E_ref=base["wte"].copy(), base_logp=base_log_probs(none, data))
     none_rec = {"seed": s, "train_seconds": 0.0, "ms_per_step": 0.0, "train_loss": [], "val": val_point(none, data, 0)}
     none_rec.update(measure(none, ctx["E_ref"], ctx["base_logp"], data, cfg))
-    ctx.update(none_rec=none_rec, base_rec={"seed": s, "pretrain_final_loss": final, "val": none_rec["val"]},
+    ctx.update(none_rec=none_rec, base_rec={"seed": s, "pretrain_final_loss": info["final_loss"],
+                                            "pretrain": info, "val": none_rec["val"]},
                none_entry={k: v for k, v in method_entry("none", none, cfg, matched).items() if k != "per_seed"}
                | {"lr": None, "l2": None, "tuned": None})
 
@@ -133,7 +134,9 @@ def compute_unit(unit, si, p, name, setup, ctxs, cache):
     if name is None:
         cache.put(unit, {"base": ctx["base_rec"], "none": ctx["none_rec"], "none_entry": ctx["none_entry"]})
         t = ctx["none_rec"]["test"]
-        return (f"seed {s}: base pretrained (train loss {ctx['base_rec']['pretrain_final_loss']:.3f}); "
+        pre = ctx["base_rec"]["pretrain"]
+        return (f"seed {s}: base pretrained, kept step {pre['best_step']} of {pre['stopped_step']} by A val loss "
+                f"(train loss {ctx['base_rec']['pretrain_final_loss']:.3f}); "
                 f"test A {t['A']['loss']:.3f} B {t['B']['loss']:.3f} C {t['C']['loss']:.3f}")
     ctx["P"] = {"methods": {n: dict(cache.get(u)["entry"], per_seed=[]) for u, n in needs(si, p, name, seeds)},
                 "frontier": {}}

@@ -8,8 +8,9 @@ import argparse
 import os
 import sys
 
-from ..cli import (ADAPT_KEYS, DEBUG_ENV, POS, PRETRAIN_KEYS, _common, _corpus_options, _corpus_opts, _fail, _given,
-                   _print_json, _progress, _train_lines, _training_options, _warn)
+from ..cli import (ADAPT_KEYS, DEBUG_ENV, POS, PRETRAIN_KEYS, _corpus_opts, _fail, _given, _print_json, _progress,
+                   _train_lines, _warn)
+from ..cli import build_parser as alh_ref_parser
 from ..errors import ALHRefError
 
 
@@ -19,8 +20,14 @@ def _backend(p):
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="default float32")
 
 
+def _alh_ref_commands():
+    """alh-ref's subcommand parsers {name: ArgumentParser}: the torch commands take their options over."""
+    return next(a for a in alh_ref_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
 def build_parser():
-    """The argparse parser of ``python -m alh_ref.torch`` (data, training and run options: alh-ref's own)."""
+    """The argparse parser of ``python -m alh_ref.torch``: pretrain, adapt and eval take alh-ref's options, plus
+    --device and --dtype."""
     top = argparse.ArgumentParser(prog="python -m alh_ref.torch", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command")
     p = sub.add_parser("golden-check", help="recompute a golden bundle with the torch port and compare")
@@ -34,41 +41,16 @@ def build_parser():
     p.add_argument("--steps", type=POS, default=5, metavar="N", help="steps per pair and round")
     p.add_argument("--threads", type=POS, default=1, metavar="N", help="torch threads (set OPENBLAS_NUM_THREADS alike)")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("pretrain", help="pretrain a base GPT (torch backend)")
-    _corpus_options(p)
-    g = p.add_argument_group("tokenizer and model")
-    g.add_argument("--tokenizer", metavar="PATH", help="use this tokenizer (a run folder or its tokenizer/ folder)")
-    g.add_argument("--vocab-size", type=POS, metavar="N", help="train a BPE of this size (default: the --config's)")
-    g.add_argument("--config", choices=("tiny", "small"), help="model preset (default tiny)")
-    for k in ("block-size", "n-layer", "n-head", "n-embd"):
-        g.add_argument("--" + k, type=POS, metavar="N")
-    _training_options(p)
-    _common(p, run="base", seed_help="seed of the initialisation and of the batch order (default 0)")
-    _backend(p)
-    p = sub.add_parser("adapt", help="adapt a pretrained base with a method (torch backend, DDP under torchrun)")
-    g = p.add_argument_group("what to adapt")
-    g.add_argument("--base", metavar="RUN_OR_CKPT", help="the pretrain run (name or folder) or one of its checkpoints")
-    g.add_argument("--method", metavar="NAME", help="alh-householder | alh-lowrank | alh-film | a baseline")
-    g.add_argument("--tokenizer", metavar="PATH", help="tokenizer (default: the base run's; must be the same one)")
-    _corpus_options(p, what="the new domain's text")
-    g = p.add_argument_group("hypernetwork (alh-*, static-*, side)")
-    g.add_argument("--encoder", choices=("transformer", "mean", "static"))
-    g.add_argument("--site", choices=("input", "output", "both"))
-    g.add_argument("--out-context", choices=("current", "prev"))
-    for k in ("D", "hyper-layers", "hyper-heads", "K", "R", "lora-rank"):
-        g.add_argument("--" + k, type=POS, metavar="N")
-    _training_options(p)
-    _common(p, run="adapt-<method>", seed_help="seed of the new parameters and of the batch order (default 0)")
-    _backend(p)
-    p = sub.add_parser("eval", help="loss and perplexity of a run (either backend's) with the torch port")
-    p.add_argument("--run", required=True, metavar="RUN_OR_CKPT", help="run name or folder, or a checkpoint folder")
-    p.add_argument("--tokenizer", metavar="PATH", help="tokenizer for a checkpoint outside a run folder")
-    _corpus_options(p, split="val", what="text to evaluate on (default: the run's own corpus)")
-    p.add_argument("--batch-size", type=POS, default=16, metavar="N", help="windows per forward pass (default 16)")
-    p.add_argument("--max-tokens", type=POS, metavar="N",
-                   help="evaluate at most this many tokens: the first N // T whole windows (N >= T)")
-    _common(p, seed_help="accepted for uniformity; has no effect (evaluation is deterministic)")
-    _backend(p)
+    alh_ref = _alh_ref_commands()
+    for name, what in (("pretrain", "pretrain a base GPT (torch backend)"),
+                       ("adapt", "adapt a pretrained base with a method (torch backend, DDP under torchrun)"),
+                       ("eval", "loss and perplexity of a run (either backend's) with the torch port")):
+        p = sub.add_parser(name, parents=[alh_ref[name]], conflict_handler="resolve", help=what,
+                           description=alh_ref[name].description)
+        for a in p._actions:
+            if a.dest == "threads":
+                a.help = "torch threads (torch.set_num_threads; default: torch's own)"
+        _backend(p)
     return top
 
 

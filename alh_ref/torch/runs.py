@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from .. import runs
-from ..alh.adapted import ALHConfig
 from ..checkpoint import _check_shapes, rng_from_json
 from ..errors import InputError
 from ..runs.driver import fit
 from ..runs.jobs import Trainable
+from ..runs.loading import method_from_manifest
 from .methods import TrainedArrays, load_trainable, make_method
 from .optim import AdamW
 from .train import setup, step_fn
@@ -86,18 +86,16 @@ def adapt(out="runs", name=None, *, resume=False, progress=False, warn=None, dev
                       **given)
 
 
-def to_torch(m, device="cpu", dtype="float32"):
-    """The method of a loaded run (the dict of alh_ref.runs.load_model) as a TorchMethod in eval mode.
-
-    A base run becomes the frozen "none" method; an adapted run its method, with its trained tensors.
-    """
-    _, _, dev, dt = setup(device, dtype)
-    meta, npm = m["manifest"], m["method"]
-    acfg = ALHConfig(**meta["alh_config"]) if meta.get("alh_config") else None
-    o = meta.get("options", {})
-    tm = make_method(meta.get("method", "none"), npm.base, m["cfg"], acfg, seed=o.get("seed", 0),
-                     lora_rank=o.get("lora_rank", 4), dtype=dt, device=dev)
-    load_trainable(tm, dict(npm.base, **npm.params))
+def to_torch(m, backend):
+    """The method of a loaded run (the dict of alh_ref.runs.load_model) as a TorchMethod in eval mode on
+    ``backend``'s device and dtype: a base run the frozen "none" method, an adapted run its method
+    (alh_ref.runs.loading.method_from_manifest) with its trained tensors."""
+    meta, npm, cfg = m["manifest"], m["method"], m["cfg"]
+    if meta["kind"] == "base":
+        tm = backend.make_method("none", npm.base, cfg)
+    else:
+        tm = method_from_manifest(meta, npm.base, cfg, backend.make_method)
+    load_trainable(tm, npm.params)
     return tm.eval()
 
 
@@ -106,16 +104,16 @@ def evaluate(ref, *, out="runs", corpus=None, corpus_opts=None, split="val", bat
     """Mean next-token loss of a run (either backend's) with the torch port: ``alh_ref.runs.evaluate``
     (the same windows, options and result, saved in the run's eval/ folder) with the torch forward
     pass, plus backend, device and dtype."""
-    dev = setup(device, dtype)[2]
+    backend = TorchBackend(device, dtype)
 
     def forward(m):
-        tm = to_torch(m, device, dtype)
+        tm = to_torch(m, backend)
 
         @torch.no_grad()
         def f(x, y):                                                                       # (b,T), (b,T) int64
-            logits, loss = tm(torch.as_tensor(x, device=dev), torch.as_tensor(y, device=dev))
+            logits, loss = tm(torch.as_tensor(x, device=backend.dev), torch.as_tensor(y, device=backend.dev))
             return logits, float(loss), None
         return f
     s = runs.evaluate(ref, out=out, corpus=corpus, corpus_opts=corpus_opts, split=split, batch_size=batch_size,
                       max_tokens=max_tokens, tokenizer=tokenizer, progress=progress, errors=errors, forward=forward)
-    return dict(s, backend="torch", device=str(dev), dtype=dtype)
+    return dict(s, backend="torch", device=str(backend.dev), dtype=dtype)

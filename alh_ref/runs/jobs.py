@@ -125,7 +125,7 @@ def adapt(out="runs", name=None, *, resume=False, progress=False, warn=None, thr
 class Trainable:
     """What a backend trains: the tensors a checkpoint holds, their optimiser, and one step's loss and gradients."""
 
-    params: dict             # name -> ndarray: the trained tensors as save_state writes them
+    params: object           # mapping name -> ndarray: the trained tensors as save_state writes them
     opt: object              # .t, .cfg, .step(params, grads) -> (norm, lr), .state_tensors(), .load_state(tensors, t)
     loss_and_grads: object   # (x (B,T) int64, y (B,T) int64) -> (loss float, grads for opt.step)
     n_trainable: int

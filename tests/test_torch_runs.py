@@ -189,3 +189,24 @@ def test_torch_runs_honour_errors_for_undecodable_bytes(tmp_path, texts):
     assert ev["n_tokens"] > 0
     with pytest.raises(InputError):
         truns.evaluate("lat", out=tmp_path, corpus=str(p), split="train", errors="strict")
+
+
+def test_torch_blow_up_is_caught_before_its_checkpoint_is_saved(tmp_path, texts, monkeypatch):
+    """The driver's divergence check runs on the torch loss: the parameters that blew up are never saved."""
+    from alh_ref.errors import RunError
+    real = truns.step_fn
+
+    def blows_up_at_call_6(*a):
+        f, calls = real(*a), []
+
+        def g(x, y):
+            loss, grads = f(x, y)
+            calls.append(1)
+            return (loss * 1e4 if len(calls) >= 6 else loss), grads
+        return g
+    monkeypatch.setattr(truns, "step_fn", blows_up_at_call_6)
+    with pytest.raises(RunError, match="is above 3 x the median") as e:
+        truns.pretrain(tmp_path, "div", corpus=texts["a"], vocab_size=300, steps=10, ckpt_every=1, keep=0, **DIMS)
+    # step 6 computes the loss of the parameters after step 5: checkpoint 5 is never written
+    assert [s for s, _ in runs.list_checkpoints(tmp_path / "div")] == [1, 2, 3, 4]
+    assert f"the last good checkpoint is {str(runs.checkpoint_path(tmp_path / 'div', 4))!r}" in str(e.value)

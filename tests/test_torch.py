@@ -134,3 +134,26 @@ def test_bad_input_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path, argv, p
 @pytest.mark.parametrize("argv", [["pretrain", "--lr", "nan"], ["pretrain", "--steps", "0"], ["frobnicate"], []])
 def test_usage_errors_exit_2(capsys, argv):
     assert main(argv) == 2
+
+
+def test_golden_check_reports_as_alh_ref_does():
+    """The torch report's max_rel is alh-ref's (only where |expected| >= atol/rtol), its lines alh-ref's lines."""
+    from alh_ref.golden import check as ref_check
+    from alh_ref.golden.bundle import load_bundle
+    from alh_ref.torch.golden import compute_case
+    names = ["gpt_f64", "alh_householder_both_transformer"]
+    report = golden_check(GOLDEN, cases=names)
+    man, ref = load_bundle(GOLDEN)
+    got = {n: compute_case(man["cases"][n], ref[n]) for n in names}
+    differs = 0
+    for e in report["entries"]:
+        a, b = got[e["case"]][e["key"]], ref[e["case"]][e["key"]]
+        want = ref_check.compare_tensor(a, b, e["rtol"], e["atol"])
+        assert e["max_rel"] == want["max_rel"]          # exact: the same function on the same recomputed arrays
+        nz = b != 0
+        if want["max_rel"] is not None and nz.any():
+            d = np.abs(a.astype(np.float64) - b)[nz] / np.abs(b[nz].astype(np.float64))   # the rule over b != 0
+            differs += bool(d.max() != want["max_rel"])
+    assert differs > 0                                  # the rule matters for these tensors: tiny |b| would dominate
+    assert format_report(report) == ref_check.format_report(report)
+    assert format_report(report).splitlines()[-1].startswith(f"PASS: {len(report['entries'])} tensors in 2 case(s)")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,66 @@ def test_torch_resume_keeps_the_runs_keep_and_spares_pinned_checkpoints(out, tex
     truns.pretrain(out, "pinned", resume=True, steps=4)
     names = [p.name for _, p in runs.list_checkpoints(out / "pinned")]
     assert "step-000002" in names and names[-1] == "step-000004"          # the adapted run's base survives
+
+
+def test_two_torch_writers_to_one_run_the_second_exits_2_naming_the_first(tmp_path, texts, capsys):
+    """A second torch writer is refused (exit 2, the holder's pid); once the first dies, its lock is taken over."""
+    from alh_ref.torch.cli import main
+    args = ["pretrain", "--corpus", texts["a"], "--vocab-size", "300", "--block-size", "16", "--n-layer", "1",
+            "--n-head", "2", "--n-embd", "32", "--batch-size", "4", "--out", str(tmp_path), "--name", "dup",
+            "--progress", "off"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    first = subprocess.Popen([sys.executable, "-m", "alh_ref.torch", *args, "--steps", "100000",
+                              "--ckpt-every", "100000"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lock = tmp_path / "dup" / runs.LOCK_FILE
+    try:
+        deadline = time.monotonic() + 120
+        while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
+            assert first.poll() is None, first.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the first writer never took the lock"
+            time.sleep(0.2)
+        assert main([*args, "--steps", "2"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"being written by another process (pid {first.pid})" in err[0]
+    finally:
+        first.kill()                                      # killed mid-run: its pid stays in the lock file
+        first.wait()
+    s = truns.pretrain(tmp_path, "dup", corpus=texts["a"], vocab_size=300, steps=2, **DIMS)
+    assert any(f"left by pid {first.pid}" in w for w in s["warnings"])
+    assert [st for st, _ in runs.list_checkpoints(tmp_path / "dup")] == [2]
+
+
+def test_torch_runs_honour_errors_for_undecodable_bytes(tmp_path, texts):
+    """--errors strict (default) refuses a Latin-1 file; replace trains, is saved, and resume and eval reuse it."""
+    p = tmp_path / "latin1.txt"
+    p.write_bytes(Path(texts["a"]).read_text(encoding="utf-8").replace(".", " caf\xe9.").encode("latin-1"))
+    with pytest.raises(InputError, match="--errors replace|decode|UTF-8"):
+        truns.pretrain(tmp_path, "strict", corpus=str(p), vocab_size=300, steps=1, **DIMS)
+    s = truns.pretrain(tmp_path, "lat", corpus=str(p), errors="replace", vocab_size=300, steps=2, **DIMS)
+    assert load_checkpoint(s["checkpoint"])[1]["corpus"]["errors"] == "replace"
+    assert truns.pretrain(tmp_path, "lat", resume=True, steps=3)["step"] == 3          # reloaded the same way
+    ev = truns.evaluate("lat", out=tmp_path, split="train")                             # the run's own corpus and errors
+    assert ev["n_tokens"] > 0
+    with pytest.raises(InputError):
+        truns.evaluate("lat", out=tmp_path, corpus=str(p), split="train", errors="strict")
+
+
+def test_torch_blow_up_is_caught_before_its_checkpoint_is_saved(tmp_path, texts, monkeypatch):
+    """The driver's divergence check runs on the torch loss: the parameters that blew up are never saved."""
+    from alh_ref.errors import RunError
+    real = truns.step_fn
+
+    def blows_up_at_call_6(*a):
+        f, calls = real(*a), []
+
+        def g(x, y):
+            loss, grads = f(x, y)
+            calls.append(1)
+            return (loss * 1e4 if len(calls) >= 6 else loss), grads
+        return g
+    monkeypatch.setattr(truns, "step_fn", blows_up_at_call_6)
+    with pytest.raises(RunError, match="is above 3 x the median") as e:
+        truns.pretrain(tmp_path, "div", corpus=texts["a"], vocab_size=300, steps=10, ckpt_every=1, keep=0, **DIMS)
+    # step 6 computes the loss of the parameters after step 5: checkpoint 5 is never written
+    assert [s for s, _ in runs.list_checkpoints(tmp_path / "div")] == [1, 2, 3, 4]
+    assert f"the last good checkpoint is {str(runs.checkpoint_path(tmp_path / 'div', 4))!r}" in str(e.value)

@@ -99,14 +99,32 @@ def _candidate_cases(folder, known):
     return found, unknown
 
 
-def _reference_case(name, reference, ref_bundle):
+def _reference_case(name, ref_bundle):
     """(tensors, order, tolerances) of one reference case: from the loaded bundle, or computed afresh."""
-    if reference is None:
+    if ref_bundle is None:
         ref, _ = compute_case(name)
         return ref, list(ref), {k: tolerance(k, a.dtype) for k, a in ref.items()}
     manifest, arrays = ref_bundle
     table = _tensor_table(manifest["cases"][name])
     return arrays[name], list(table), {k: (e["rtol"], e["atol"]) for k, e in table.items()}
+
+
+def check_case(name, cand, ref_bundle=None, allow_missing=False):
+    """The entries of one case: a candidate's tensors against the reference's, in the reference's key order.
+
+    Parameters
+    ----------
+    name : str   the case;  cand : dict key -> ndarray   the port's tensors of that case
+    ref_bundle : (manifest, cases) of :func:`alh_ref.golden.bundle.load_bundle`, or None (computed afresh)
+    allow_missing : bool   as for :func:`check_bundle`
+
+    Returns
+    -------
+    list of dict   one entry per tensor (case, key, ok, message, rtol, atol, max_abs, max_rel, share,
+        worst_index: :func:`compare_tensor`), extra candidate keys last
+    """
+    ref, order, tols = _reference_case(name, ref_bundle)
+    return _compare_case(name, cand, ref, order, tols, allow_missing)
 
 
 def check_bundle(folder, reference=None, *, cases=None, allow_missing=False, require_all_cases=False):
@@ -162,8 +180,7 @@ def check_bundle(folder, reference=None, *, cases=None, allow_missing=False, req
         except InputError as e:
             entries.append(_entry(name, "<file>", False, str(e)))
             continue
-        ref, order, tols = _reference_case(name, reference, ref_bundle)
-        entries.extend(_compare_case(name, cand, ref, order, tols, allow_missing))
+        entries.extend(check_case(name, cand, ref_bundle, allow_missing))
     first = next((e for e in entries if not e["ok"]), None)
     return {"ok": first is None, "first_failure": None if first is None else f"{first['case']}/{first['key']}",
             "entries": entries, "skipped": skipped,

@@ -45,8 +45,10 @@ def _write_summary(rd, s):
         pass                                         # the summary is also returned (and printed by the CLI)
 
 
-def fit(rd, job, setup, progress, notes) -> dict:
+def fit(rd, job, setup, progress, notes, writer=True) -> dict:
     """Train up to the schedule's steps, saving checkpoints that pass the divergence check; write history and summary.
+
+    writer : bool   False: write nothing (the other processes of a data parallel torch run)
 
     Returns
     -------
@@ -62,6 +64,8 @@ def fit(rd, job, setup, progress, notes) -> dict:
         st.history.append({k: rec[k] for k in ("step", "loss", "grad_norm", "lr", "dt")})
 
     def on_save(step, rng_state):
+        if not writer:
+            return
         try:
             write_history(rd, st.history)
         except (OSError, InputError) as e:                     # InputError: the folder was made read-only
@@ -83,7 +87,8 @@ def fit(rd, job, setup, progress, notes) -> dict:
                  schedule=as_dict(sched), warnings=list(notes), kept=list(kept))
         if message:
             s["message"] = message
-        _write_summary(rd, s)
+        if writer:
+            _write_summary(rd, s)
         return s
 
     past = [float(r["loss"]) for r in st.history]
@@ -91,11 +96,13 @@ def fit(rd, job, setup, progress, notes) -> dict:
         train(st.params, st.opt, st.loss_and_grads, st.tokens, st.B, st.T, max(0, target - start), st.rng,
               on_step=on_step, progress=progress, save_every=sched.ckpt_every, on_save=on_save, past_losses=past)
     except KeyboardInterrupt:
-        _keep_history(rd, st.history)
+        if writer:
+            _keep_history(rd, st.history)
         summary("interrupted")
         raise
     except RunError as e:
-        _keep_history(rd, st.history)
+        if writer:
+            _keep_history(rd, st.history)
         msg = _failure_message(e, job, rd, last[0], st.opt.cfg.lr, sched.ckpt_every)
         summary("failed", msg)
         raise type(e)(msg) from None

@@ -53,7 +53,7 @@ def stream_loss(forward, tokens, T, B, max_tokens=None, progress=False):
 
 
 def evaluate(ref, *, out="runs", corpus=None, corpus_opts=None, split="val", batch_size=16, max_tokens=None,
-             tokenizer=None, progress=False, errors=None) -> dict:
+             tokenizer=None, progress=False, errors=None, forward=None) -> dict:
     """Loss and perplexity of a base or adapted run on a corpus split; saved in the run's eval/ folder.
 
     Parameters
@@ -64,6 +64,8 @@ def evaluate(ref, *, out="runs", corpus=None, corpus_opts=None, split="val", bat
     split : train | val | test | all   (default val: documents the run did not train on)
     batch_size : int windows per forward pass;  max_tokens : int or None (cap, first windows)
     tokenizer : path or None (for a checkpoint outside a run folder);  progress : bool
+    forward : callable(loaded) -> forward, or None (the NumPy method's); ``loaded`` is the dict of
+        :func:`alh_ref.runs.load_model` (alh_ref.torch.runs evaluates with the torch port this way)
 
     Returns
     -------
@@ -79,7 +81,8 @@ def evaluate(ref, *, out="runs", corpus=None, corpus_opts=None, split="val", bat
         errors = errors or meta["corpus"].get("errors")
     data = load_split(corpus, corpus_opts, split, errors or "strict")
     tokens = stream_tokens(m["tokenizer"], data, cfg.block_size)                               # (n,)
-    loss, n = stream_loss(m["method"].forward, tokens, cfg.block_size, batch_size, max_tokens, progress)
+    fwd = m["method"].forward if forward is None else forward(m)
+    loss, n = stream_loss(fwd, tokens, cfg.block_size, batch_size, max_tokens, progress)
     res = {"job": "eval", "run": None if m["run"] is None else str(m["run"]), "checkpoint": str(m["checkpoint"]),
            "step": int(meta["step"]), "kind": meta["kind"], "method": meta.get("method", "base"),
            "corpus": corpus_key(corpus), "split": split, "corpus_fingerprint": data.fingerprint,

@@ -2,12 +2,14 @@
 
 A job locks its run folder, builds a :class:`alh_ref.runs.driver.Setup` (fresh, or from the newest
 checkpoint on resume), checks the memory estimate, and calls the training driver
-:func:`alh_ref.runs.driver.fit` once. Resuming
+:func:`alh_ref.runs.driver.fit` once. What is trained, and how a step runs, is the job's backend's
+(:class:`NumpyBackend` here; alh_ref.torch.runs passes its own to the same functions). Resuming
 restores parameters, AdamW moments and step count, and the batch sampler's RNG, so the run
 continues bit-for-bit (tests/test_runs.py). Seeds: parameters from ``seed``, batches from
 ``default_rng([seed, 1])`` (pretrain) or ``default_rng([seed, 2])`` (adapt).
 """
-from dataclasses import replace
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -66,7 +68,8 @@ from .options import (
 SAVE_KEYS = ("step", "opt_t", "rng", "adamw_config")          # manifest keys written at every save
 
 
-def pretrain(out="runs", name="base", *, resume=False, progress=False, warn=None, threads=None, **given) -> dict:
+def pretrain(out="runs", name="base", *, resume=False, progress=False, warn=None, threads=None, backend=None,
+             **given) -> dict:
     """Pretrain a base GPT on a corpus (or resume it), with periodic checkpoints in ``out/name``.
 
     Parameters
@@ -78,6 +81,7 @@ def pretrain(out="runs", name="base", *, resume=False, progress=False, warn=None
     threads : int or None   cores the train step uses (None: all): the batch is split into that many
         micro-batches run at once (alh_ref.parallel); 1 is the serial step. Not part of the run's
         identity (a resumed session may use another count; the sums then round differently).
+    backend : None (``NumpyBackend(threads)``) or another backend with the same members (alh_ref.torch.runs)
     **given : the options given (alh_ref.runs.options; left out or None: not given)
         corpus (required for a new run), corpus_opts, errors, tokenizer, the PretrainSpec fields
         (split, vocab_size, config, block_size, n_layer, n_head, n_embd, batch_size, seed), the
@@ -90,16 +94,17 @@ def pretrain(out="runs", name="base", *, resume=False, progress=False, warn=None
         tokens_per_s, n_params, memory, warnings, kept, tokenizer_sha256, corpus_fingerprint, ...
     """
     check_known(given, PretrainSpec)
-    return _job("pretrain", run_path(out, name), out, resume, progress, warn, given, threads)
+    return _job("pretrain", run_path(out, name), out, resume, progress, warn, given, backend or NumpyBackend(threads))
 
 
-def adapt(out="runs", name=None, *, resume=False, progress=False, warn=None, threads=None, **given) -> dict:
+def adapt(out="runs", name=None, *, resume=False, progress=False, warn=None, threads=None, backend=None,
+          **given) -> dict:
     """Adapt a pretrained base to a new corpus with a method (alh-<family> or a baseline), or resume.
 
     Parameters
     ----------
     out, name : run root and run name (default ``adapt-<method>``)
-    resume, progress, warn, threads : as for :func:`pretrain`
+    resume, progress, warn, threads, backend : as for :func:`pretrain`
     **given : base (a pretrain run name/folder or checkpoint; required for a new run), method
         (alh_ref.alh.methods.METHODS; required), corpus, corpus_opts, errors, tokenizer (default:
         the base run's; must be the same), the AdaptSpec fields, Schedule and Optim fields.
@@ -113,12 +118,60 @@ def adapt(out="runs", name=None, *, resume=False, progress=False, warn=None, thr
         if given.get("method") is None:
             raise InputError("adapt needs --method (or --name of the run to resume)")
         name = f"adapt-{given['method']}"
-    return _job("adapt", run_path(out, name), out, resume, progress, warn, given, threads)
+    return _job("adapt", run_path(out, name), out, resume, progress, warn, given, backend or NumpyBackend(threads))
 
 
-def _job(job, rd, out, resume, progress, warn, given, threads=None):
-    """The one start-or-resume path: lock, set up, check memory, train (on ``threads`` cores, alh_ref.parallel)."""
-    threads = resolve_threads(threads)
+@dataclass
+class Trainable:
+    """What a backend trains: the tensors a checkpoint holds, their optimiser, and one step's loss and gradients."""
+
+    params: object           # mapping name -> ndarray: the trained tensors as save_state writes them
+    opt: object              # .t, .cfg, .step(params, grads) -> (norm, lr), .state_tensors(), .load_state(tensors, t)
+    loss_and_grads: object   # (x (B,T) int64, y (B,T) int64) -> (loss float, grads for opt.step)
+    n_trainable: int
+    n_held: int              # parameters in memory: the base and the method's own tensors
+    itemsize: int            # bytes per parameter element
+
+
+class NumpyBackend:
+    """How a job trains with NumPy: alh_ref.alh.methods, alh_ref.optim.AdamW, the step on ``threads`` cores.
+
+    A backend has: ``writer`` (this process writes the run folder), ``init_dtype`` (of a new base's
+    init_params), ``make_method`` (as alh_ref.alh.methods.make_method), ``base(params, cfg, acfg,
+    spec)`` and ``adapter(method, base, acfg, spec)`` -> :class:`Trainable`, ``restore(arrays, meta,
+    trainable)`` -> the sampler RNG, and ``run(rd, job, setup, progress, notes)`` -> the summary.
+    """
+
+    writer, init_dtype = True, np.float32
+    make_method = staticmethod(make_method)
+
+    def __init__(self, threads=None):
+        self.threads = resolve_threads(threads)
+
+    def base(self, params, cfg, acfg, spec):
+        n = int(sum(a.size for a in params.values()))
+        return Trainable(params, AdamW(params, list(param_shapes(cfg)), acfg, decayed),
+                         lambda x, y: gpt_loss_and_grads(params, cfg, x, y), n, n, params["wte"].itemsize)
+
+    def adapter(self, method, base, acfg, spec):
+        n_own = sum(a.size for k, a in method.params.items() if base.get(k) is not a)       # not a base tensor itself
+        return Trainable(method.params, AdamW(method.params, list(method.params), acfg, method.decay),
+                         method.loss_and_grads, method.n_trainable,
+                         int(sum(a.size for a in base.values())) + int(n_own), base["wte"].itemsize)
+
+    def restore(self, arrays, meta, tr):
+        return restore(arrays, meta, tr.params, tr.opt)
+
+    def run(self, rd, job, setup, progress, notes):
+        split = setup.info.get("method") != "alh-shuffled"          # its contexts come from other sequences of the batch
+        setup.info["threads"] = self.threads
+        with DataParallel(setup.loss_and_grads, self.threads, split) as step:
+            setup.loss_and_grads = step
+            return fit(rd, job, setup, progress, notes)
+
+
+def _job(job, rd, out, resume, progress, warn, given, backend):
+    """The one start-or-resume path: lock (the writing process), set up, check memory, train (backend.run)."""
     notes = []
 
     def note(msg):
@@ -126,19 +179,15 @@ def _job(job, rd, out, resume, progress, warn, given, threads=None):
         if warn is not None:
             warn(msg)
 
-    with RunLock(rd) as lock:
-        if lock.stale_pid is not None:
+    with RunLock(rd) if backend.writer else nullcontext() as lock:
+        if lock is not None and lock.stale_pid is not None:
             note(f"took over the lock of {str(rd)!r} left by pid {lock.stale_pid}, which is no longer running")
         saved = _saved(rd, job, given, resume)
-        setup = (_pretrain_setup if job == "pretrain" else _adapt_setup)(rd, out, given, saved, note)
+        setup = (_pretrain_setup if job == "pretrain" else _adapt_setup)(rd, out, given, saved, note, backend)
         _check_memory(setup)
-        if setup.new_tokenizer is not None:
+        if setup.new_tokenizer is not None and backend.writer:
             setup.new_tokenizer.save(rd / TOKENIZER_DIR)
-        split = setup.info.get("method") != "alh-shuffled"          # its contexts come from other sequences of the batch
-        setup.info["threads"] = threads
-        with DataParallel(setup.loss_and_grads, threads, split) as step:
-            setup.loss_and_grads = step
-            return fit(rd, job, setup, progress, notes)
+        return backend.run(rd, job, setup, progress, notes)
 
 
 def _saved(rd, job, given, resume):
@@ -231,7 +280,7 @@ def _pretrain_tokenizer(rd, tokenizer, vocab_size, data, preset):
     return train_bpe(data.documents, CONFIGS[preset].vocab_size if vocab_size is None else vocab_size)
 
 
-def _pretrain_setup(rd, out, given, saved, note) -> Setup:
+def _pretrain_setup(rd, out, given, saved, note, backend) -> Setup:
     if saved is None:
         if given.get("corpus") is None:
             raise InputError("pretrain needs a corpus: --corpus NAME|PATH (a built-in name or your text file)")
@@ -244,7 +293,7 @@ def _pretrain_setup(rd, out, given, saved, note) -> Setup:
         acfg = adamw_config(given, schedule.steps)
         _warmup_note(acfg, given, note)
         manifest = _manifest("base", cfg, tok, data, corpus_meta(tok, tokens, cfg.block_size), spec)
-        params = init_params(cfg, seed=spec.seed)                                              # name -> param_shapes(cfg)
+        params = init_params(cfg, seed=spec.seed, dtype=backend.init_dtype)                    # name -> param_shapes(cfg)
         rng, history = np.random.default_rng([spec.seed, 1]), []
     else:
         arrays, meta, cfg, tok = saved
@@ -253,15 +302,13 @@ def _pretrain_setup(rd, out, given, saved, note) -> Setup:
         tokens = _resume_tokens(given, meta, tok, cfg.block_size)                              # (n,)
         acfg = adamw_config(given, schedule.steps, meta["adamw_config"])
         manifest, params, history = _saved_manifest(meta), base_params(arrays, cfg), read_history(rd, meta["step"])
-    opt = AdamW(params, list(param_shapes(cfg)), acfg, decayed)
+    tr = backend.base(params, cfg, acfg, spec)
     if saved is not None:
-        rng = restore(saved[0], saved[1], params, opt)
-    n = int(sum(a.size for a in params.values()))
-    info = {"n_params": n, "gpt_config": cfg.to_dict(), **_resumed(saved)}
-    return Setup(params, opt, lambda x, y: gpt_loss_and_grads(params, cfg, x, y), tokens, spec.batch_size,
-                 cfg.block_size, rng, schedule, manifest, history, info,
-                 estimate_step_memory(cfg, spec.batch_size, n, n, params["wte"].itemsize),
-                 tok if saved is None else None)
+        rng = backend.restore(saved[0], saved[1], tr)
+    info = {"n_params": tr.n_trainable, "gpt_config": cfg.to_dict(), **_resumed(saved)}
+    return Setup(tr.params, tr.opt, tr.loss_and_grads, tokens, spec.batch_size, cfg.block_size, rng, schedule,
+                 manifest, history, info, estimate_step_memory(cfg, spec.batch_size, tr.n_held, tr.n_trainable,
+                                                               tr.itemsize), tok if saved is None else None)
 
 
 def _check_method_options(method, given):
@@ -289,7 +336,7 @@ def _pin(base_ckpt, rd, note):
              "continuing its pretraining with a small --keep may delete it")
 
 
-def _adapt_setup(rd, out, given, saved, note) -> Setup:
+def _adapt_setup(rd, out, given, saved, note, backend) -> Setup:
     if saved is None:
         for k, flag in (("base", "--base RUN_OR_CKPT"), ("method", "--method NAME"), ("corpus", "--corpus NAME|PATH")):
             if given.get(k) is None:
@@ -300,13 +347,14 @@ def _adapt_setup(rd, out, given, saved, note) -> Setup:
         if given.get("tokenizer") is None and base_rd is None:
             raise InputError(f"cannot find the tokenizer of {str(base_ckpt)!r} (not inside a run folder); pass --tokenizer")
         tok = find_tokenizer(given.get("tokenizer") or base_rd)
-        _pin(base_ckpt, rd, note)                  # before reading it: a prune of the base run now spares it
+        if backend.writer:
+            _pin(base_ckpt, rd, note)              # before reading it: a prune of the base run now spares it
         arrays, bmeta, cfg = load_run_checkpoint(base_ckpt, tok.sha256, ("base",))
         base = base_params(arrays, cfg)
         data, corpus_meta = _new_data(given, spec.split, note)
         tokens = stream_tokens(tok, data, cfg.block_size)                                      # (n,)
         alh = spec.alh_config()
-        method = make_method(spec.method, base, cfg, alh, seed=spec.seed, lora_rank=spec.lora_rank)
+        method = backend.make_method(spec.method, base, cfg, alh, seed=spec.seed, lora_rank=spec.lora_rank)
         acfg = adamw_config(given, schedule.steps)
         _warmup_note(acfg, given, note)
         manifest = _manifest("adapt", cfg, tok, data, corpus_meta(tok, tokens, cfg.block_size), spec)
@@ -320,22 +368,21 @@ def _adapt_setup(rd, out, given, saved, note) -> Setup:
         base, _, found = load_base(meta["base"], rd, tok.sha256, override)
         manifest = _saved_manifest(meta)
         manifest["base"] = base_ref(found, meta["base"], rd)                                   # --base: a moved base
-        _pin(found, rd, note)
+        if backend.writer:
+            _pin(found, rd, note)
         tokens = _resume_tokens(given, meta, tok, cfg.block_size)                              # (n,)
-        method = method_from_manifest(meta, base, cfg)
+        method = method_from_manifest(meta, base, cfg, backend.make_method)
         alh = ALHConfig(**meta["alh_config"])
         acfg = adamw_config(given, schedule.steps, meta["adamw_config"])
         history = read_history(rd, meta["step"])
-    opt = AdamW(method.params, list(method.params), acfg, method.decay)
+    tr = backend.adapter(method, base, acfg, spec)
     if saved is not None:
-        rng = restore(saved[0], saved[1], method.params, opt)
-    n_base = int(sum(a.size for a in base.values()))
-    info = {"method": spec.method, "n_trainable": method.n_trainable, "base": manifest["base"]["path"], **_resumed(saved)}
+        rng = backend.restore(saved[0], saved[1], tr)
+    info = {"method": spec.method, "n_trainable": tr.n_trainable, "base": manifest["base"]["path"], **_resumed(saved)}
     hyper = alh if _has_hypernetwork(spec.method) else None
-    n_own = sum(a.size for k, a in method.params.items() if base.get(k) is not a)       # not a base tensor itself
-    memory = estimate_step_memory(cfg, spec.batch_size, n_base + int(n_own), method.n_trainable,
-                                  base["wte"].itemsize, hyper, 2 if alh.site == "both" else 1)
-    return Setup(method.params, opt, method.loss_and_grads, tokens, spec.batch_size, cfg.block_size, rng, schedule,
+    memory = estimate_step_memory(cfg, spec.batch_size, tr.n_held, tr.n_trainable, tr.itemsize, hyper,
+                                  2 if alh.site == "both" else 1)
+    return Setup(tr.params, tr.opt, tr.loss_and_grads, tokens, spec.batch_size, cfg.block_size, rng, schedule,
                  manifest, history, info, memory, tok if saved is None else None)
 
 

@@ -141,11 +141,12 @@ def load_base(ref, rd, tokenizer_sha256, override=None):
     return base_params(arrays, cfg), cfg, found
 
 
-def method_from_manifest(meta, base, cfg):
-    """Rebuild an adapted run's Method (freshly initialised) from its manifest."""
+def method_from_manifest(meta, base, cfg, make=make_method):
+    """Rebuild an adapted run's method (freshly initialised) from its manifest, with ``make`` (a
+    backend's make_method: alh_ref.alh.methods' or alh_ref.torch.methods')."""
     acfg = _dataclass(ALHConfig, meta.get("alh_config"), "alh_config")
     o = meta["options"]
-    return make_method(meta["method"], base, cfg, acfg, seed=o["seed"], lora_rank=o["lora_rank"])
+    return make(meta["method"], base, cfg, acfg, seed=o["seed"], lora_rank=o["lora_rank"])
 
 def load_model(ref, out="runs", tokenizer=None) -> dict:
     """Load a base or adapted run (or one checkpoint) for evaluation or sampling.

@@ -8,9 +8,9 @@ extra: ``pip install -e '.[torch]'``).
     alh.py       the hypernetwork: encoders, head, householder / lowrank / film, sites, side head
     methods.py   ALH and the baselines as one TorchMethod, initialised from the NumPy method
     optim.py     AdamW, clipping and schedule of alh_ref.optim
-    golden.py    golden-check: recompute every case of a bundle and compare
-    train.py     the training loop, one process or data parallel (DDP under torchrun)
-    runs.py      pretrain / adapt / resume / eval on the run folders of alh_ref.runs
+    golden.py    golden-check: recompute every case of a bundle, compared by alh_ref.golden.check
+    train.py     the train step, one process or data parallel (DDP under torchrun)
+    runs.py      the torch backend of alh_ref.runs' pretrain / adapt / resume, and eval
     bench.py     train-step tokens/s, NumPy vs torch on CPU
     cli.py       python -m alh_ref.torch golden-check | bench | pretrain | adapt | eval
 """

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..alh.adapted import alh_param_shapes
-from .model import MLP, Body, LayerNorm, cross_entropy
+from .model import MLP, Body, LayerNorm, Linear, cross_entropy
 
 
 class MeanEncoder(nn.Module):
@@ -146,15 +146,6 @@ def slots(theta, start, T):
     return {k: (v if k == "a" else v[:, start:start + T]) for k, v in theta.items()}
 
 
-class Side(nn.Module):
-    """The side head's affine map c @ w + b, w (D,C), b (C,)."""
-
-    def __init__(self, D, C):
-        super().__init__()
-        self.w = nn.Parameter(torch.zeros(D, C))                                    # (D,C)
-        self.b = nn.Parameter(torch.zeros(C))                                       # (C,)
-
-
 class ALHNet(nn.Module):
     """The hypernetwork's parameters: enc.*, c0 (D,) (encoder not static, head transform), head.* or side.*."""
 
@@ -165,7 +156,7 @@ class ALHNet(nn.Module):
         if acfg.encoder != "static" and acfg.head == "transform":
             self.c0 = nn.Parameter(torch.zeros(acfg.D))                             # (D,) the empty context
         if acfg.head == "side":
-            self.side = Side(acfg.D, bcfg.n_embd)
+            self.side = Linear(acfg.D, bcfg.n_embd)                          # side.w (D,C), side.b (C,)
         else:
             self.head = Head(acfg.family, acfg.D, bcfg.n_embd, acfg.K, acfg.R)
 
@@ -203,7 +194,7 @@ def alh_forward(net, base, x, y=None, ctx=None, extras=None):
             tok, _ = fn(slots(theta, 0, T), tok, False)                             # (B,T,C)
     z = base.body(tok)                                                              # (B,T,C)
     if acfg.head == "side":
-        z = z + c @ net.side.w + net.side.b                                         # (B,T,C)
+        z = z + net.side(c)                                                         # (B,T,D) -> (B,T,C)
     elif acfg.site in ("output", "both"):
         s0 = 1 if acfg.out_context == "current" else 0
         z, off = fn(slots(theta, s0, T), z, True)                                   # (B,T,C): A^T z

@@ -1,7 +1,8 @@
 """golden-check: recompute every case of a golden bundle with the torch port and compare.
 
-The bundle (docs/golden.md) is read directly: ``manifest.json`` for each case's config, tensor
-keys, check order and tolerances, ``<case>.safetensors`` for the parameters and inputs. For each
+The bundle (docs/golden.md) is loaded and verified by alh_ref.golden.bundle.load_bundle:
+``manifest.json`` for each case's config, tensor keys, check order and tolerances,
+``<case>.safetensors`` for the parameters and inputs. For each
 case the port computes every key the manifest lists, in the case's dtype, on ``device``:
 
     param.*, input.*, train.x, train.y     written back from the loaded model (exact)
@@ -11,18 +12,16 @@ case the port computes every key the manifest lists, in the case's dtype, on ``d
     train.losses, train.grad_norm, train.lr, train.final.<name>, train.step0.grad.<name>
                                            S AdamW steps on train.x[s], train.y[s] (docs/golden.md section 6)
 
-Each tensor passes when max |a - b| / (atol + rtol |b|) <= 1 (docs/golden.md section 7).
+The comparison and the report are alh-ref's own (alh_ref.golden.check: check_case, format_report):
+a tensor passes when max |a - b| / (atol + rtol |b|) <= 1 (docs/golden.md section 7).
 """
-import hashlib
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
-from safetensors.numpy import load_file
 
 from ..alh.adapted import ALHConfig
 from ..errors import InputError
+from ..golden.bundle import load_bundle
+from ..golden.check import check_case, format_report
 from ..model import GPTConfig, decayed
 from ..optim import AdamWConfig
 from .alh import ALHNet, alh_forward
@@ -30,26 +29,6 @@ from .model import GPT, load_numpy
 from .optim import AdamW
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
-
-
-def read_bundle(folder):
-    """The manifest of a bundle folder, after checking every case file's sha256 (InputError otherwise)."""
-    folder = Path(folder)
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise InputError(f"golden bundle {str(folder)!r} has no manifest.json; expected a folder like tests/golden")
-    try:
-        man = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{str(path)!r} is not valid JSON ({e})") from None
-    if man.get("format") != "alh_ref.golden":
-        raise InputError(f"{str(path)!r} has format {man.get('format')!r}; expected 'alh_ref.golden'")
-    for name in man["case_order"]:
-        case = man["cases"][name]
-        f = folder / case["file"]
-        if not f.is_file() or hashlib.sha256(f.read_bytes()).hexdigest() != case["file_sha256"]:
-            raise InputError(f"golden file {str(f)!r} is missing or does not match its sha256 in manifest.json")
-    return man
 
 
 def _models(case, arrays, dtype, device):
@@ -140,39 +119,15 @@ def _train(case, base, net, train, arrays, device):
     return out
 
 
-def compare(a, b, rtol, atol):
-    """max_abs, max_rel (over b != 0), share = max |a-b| / (atol + rtol |b|) (0/0 = 0, x/0 = inf), worst_index.
-
-    a, b : ndarrays of one shape.  A NaN in a where b is not NaN counts as an infinite error.
-    """
-    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        d = np.abs(a64 - b64)                                                       # same shape
-        same = (a64 == b64) | (np.isnan(a64) & np.isnan(b64))
-        d = np.where(same, 0.0, np.where(np.isnan(d), np.inf, d))
-        tol = atol + rtol * np.abs(b64)
-        share = np.where(d == 0, 0.0, np.where(tol > 0, d / np.where(tol > 0, tol, 1.0), np.inf))
-        nz = b64 != 0
-        rel = d[nz] / np.abs(b64[nz]) if nz.any() else np.zeros(1)
-    if d.size == 0:
-        return {"max_abs": 0.0, "max_rel": 0.0, "share": 0.0, "worst_index": ()}
-    sf, df = share.ravel(), d.ravel()
-    ties = np.flatnonzero(sf == sf.max())
-    k = ties[np.argmax(df[ties])]                                                   # largest share, then largest error
-    return {"max_abs": float(d.max()), "max_rel": float(rel.max()), "share": float(sf[k]),
-            "worst_index": tuple(int(i) for i in np.unravel_index(k, d.shape))}
-
-
 def golden_check(folder, device="cpu", cases=None):
     """Recompute the cases of the bundle ``folder`` with the port and compare every tensor.
 
     Returns
     -------
-    dict   ok, first_failure ("case/key" or None), entries (one per tensor: case, key, ok, message,
-        rtol, atol, max_abs, max_rel, share, worst_index), in case order and check order
+    dict   as alh_ref.golden.check.check_bundle's (ok, first_failure, entries: one per tensor with
+        case, key, ok, message, rtol, atol, max_abs, max_rel, share, worst_index, in case and check
+        order; skipped, reference), plus device; :func:`format_report` prints it
     """
-    folder = Path(folder)
-    man = read_bundle(folder)
     if device != "cpu" and not device.startswith("cuda"):
         raise InputError(f"--device {device!r}; expected cpu or cuda")
     if device.startswith("cuda"):
@@ -180,46 +135,18 @@ def golden_check(folder, device="cpu", cases=None):
             raise InputError("--device cuda: torch finds no CUDA device here; use --device cpu")
         torch.backends.cuda.matmul.allow_tf32 = False                               # TF32 would fail float32, correctly
         torch.backends.cudnn.allow_tf32 = False
+    bundle = load_bundle(folder)                                                    # files, keys, shapes, sha256 checked
+    man, ref = bundle
+    bad = [c for c in cases or () if c not in man["cases"]]
+    if bad:
+        raise InputError(f"unknown golden case(s) {', '.join(bad)}; expected names from {', '.join(man['case_order'])}")
     entries = []
     for name in man["case_order"]:
-        if cases is not None and name not in cases:
-            continue
-        case = man["cases"][name]
-        ref = load_file(str(folder / case["file"]))
-        got = compute_case(case, ref, device)
-        for t in case["tensors"]:
-            key, b = t["key"], ref[t["key"]]
-            e = {"case": name, "key": key, "rtol": t["rtol"], "atol": t["atol"], "message": ""}
-            a = got.get(key)
-            if a is None:
-                e.update(ok=False, message="missing: the port does not compute this key")
-            elif a.shape != b.shape or a.dtype != b.dtype:
-                e.update(ok=False, message=f"got {a.dtype.name} {a.shape}, expected {b.dtype.name} {b.shape}")
-            else:
-                e.update(compare(a, b, t["rtol"], t["atol"]))
-                e["ok"] = bool(e["share"] <= 1.0)
-            entries.append(e)
+        if cases is None or name in cases:
+            entries += check_case(name, compute_case(man["cases"][name], ref[name], device), bundle)
     first = next((f"{e['case']}/{e['key']}" for e in entries if not e["ok"]), None)
-    return {"ok": first is None, "first_failure": first, "entries": entries, "device": device}
+    return {"ok": first is None, "first_failure": first, "entries": entries, "skipped": [], "reference": str(folder),
+            "device": device}
 
 
-def format_report(report):
-    """One line per tensor (max_abs, max_rel, share of tolerance, worst index, status), then PASS or FAIL."""
-    head = f"{'case':<40} {'tensor':<38} {'max_abs':>9} {'max_rel':>9} {'share':>9}  {'worst_index':<14} status"
-    lines = [head, "-" * len(head)]
-    for e in report["entries"]:
-        if "share" in e:
-            stats = f"{e['max_abs']:9.2e} {e['max_rel']:9.2e} {e['share']:9.2e}  {str(e['worst_index']):<14}"
-        else:
-            stats = f"{'-':>9} {'-':>9} {'-':>9}  {'-':<14}"
-        lines.append(f"{e['case']:<40} {e['key']:<38} {stats} {'ok' if e['ok'] else 'FAIL ' + e['message']}")
-    n_cases = len({e["case"] for e in report["entries"]})
-    worst = max((e.get("share", 0.0) for e in report["entries"]), default=0.0)
-    if report["ok"]:
-        lines.append(f"PASS: {len(report['entries'])} tensors in {n_cases} case(s) within tolerance "
-                     f"(torch port on {report['device']}; largest share {worst:.2e})")
-    else:
-        n_fail = sum(not e["ok"] for e in report["entries"])
-        lines.append(f"FAIL: {n_fail} of {len(report['entries'])} tensors failed; first failing tensor: "
-                     f"{report['first_failure']} (torch port on {report['device']})")
-    return "\n".join(lines)
+__all__ = ["compute_case", "format_report", "golden_check"]

@@ -10,6 +10,8 @@ alh-<family>, static-<family>.
 ``h.0.ln_1.w``, ``lora.a``, ``alh.head.w``, ...), in the NumPy method's order; every other
 parameter has ``requires_grad=False``. ``method(x, y, ctx)`` returns ``(logits (B,T,V), loss)``.
 """
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from torch import nn
@@ -132,9 +134,21 @@ def _module_name(m, name):
     return name if m.kind in ("alh", "lora") else "base." + name
 
 
-def trainable_numpy(method):
-    """{NumPy name: ndarray} of a method's trained tensors (CPU copies, in the method's dtype)."""
-    return {n: p.detach().cpu().numpy().copy() for n, p in method.trainable().items()}
+class TrainedArrays(Mapping):
+    """{NumPy name: ndarray} view of a method's trained tensors: each read is a CPU copy in the
+    method's dtype (what alh_ref.runs.save_state writes into a checkpoint)."""
+
+    def __init__(self, method):
+        self.method = method
+
+    def __getitem__(self, name):
+        return self.method.trainable()[name].detach().cpu().numpy().copy()
+
+    def __iter__(self):
+        return iter(self.method.trainable())
+
+    def __len__(self):
+        return len(self.method.trainable())
 
 
 def load_trainable(method, arrays):
@@ -143,4 +157,4 @@ def load_trainable(method, arrays):
                [_module_name(method, n) for n in method.trainable()])
 
 
-__all__ = ["TorchMethod", "load_trainable", "make_method", "trainable_numpy"]
+__all__ = ["TorchMethod", "TrainedArrays", "load_trainable", "make_method"]

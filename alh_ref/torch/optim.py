@@ -46,8 +46,12 @@ class AdamW:
         return math.sqrt(float(total))
 
     @torch.no_grad()
-    def step(self):
-        """Clip, then update every tensor in place. Returns (grad norm before clipping, lr used)."""
+    def step(self, params=None, grads=None):
+        """Clip, then update every tensor in place. Returns (grad norm before clipping, lr used).
+
+        The gradients are read from ``p.grad``; ``params`` and ``grads`` are not used (the signature
+        is alh_ref.optim.AdamW's, so alh_ref.train.train drives either optimiser).
+        """
         c = self.cfg
         lr = lr_at(self.t, c)
         self.t += 1

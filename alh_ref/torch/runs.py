@@ -1,249 +1,119 @@
 """pretrain / adapt / eval with the torch port, on the run folders and checkpoints of alh_ref.runs.
 
-A run written here is a run of ``alh-ref``: the same folder layout (tokenizer/, checkpoints/step-N/,
-history.jsonl, summary.json), the same checkpoint files (``alh_ref.runs.save_state`` writes them,
-through alh_ref.checkpoint: safetensors + manifest, validated, atomic), the same manifest keys, the
-same seeded initialisation (from the NumPy methods) and the same batch sampler
-(``alh_ref.train.sample_batch`` on ``default_rng([seed, 1])`` / ``[seed, 2]``). So
-``alh-ref eval`` reads what this module trains, either backend resumes the other's runs, and the
-same command gives the same run on both to float32 rounding. The loop and data parallel training
-are in alh_ref.torch.train.
+``pretrain`` and ``adapt`` are ``alh_ref.runs.pretrain`` / ``adapt`` with :class:`TorchBackend`:
+the one job path of alh_ref.runs.jobs (the run-folder lock, the options and how --resume resolves
+them, corpus and tokenizer, the manifest, pins, the memory check) and its training driver (the
+divergence check before each save, history, pruning, summary, failure messages). Only the model,
+the optimiser and the step are torch's (alh_ref.torch.methods, .optim, .train). So a run written
+here is a run of ``alh-ref``: ``alh-ref eval`` reads what this module trains, either backend
+resumes the other's runs, and the same command gives the same run on both to float32 rounding.
+``evaluate`` is ``alh_ref.runs.evaluate`` with the torch forward pass.
 """
-import json
-import math
-import os
-from dataclasses import asdict, replace
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from ..alh.adapted import ALHConfig
-from ..corpora import BUILTIN_CORPORA
-from ..checkpoint import RESERVED_KEYS, load_checkpoint, rng_from_json
+from .. import runs
+from ..checkpoint import _check_shapes, rng_from_json
 from ..errors import InputError
-from ..model import CONFIGS, init_params
-from ..optim import AdamWConfig
-from ..runs import find_tokenizer, list_checkpoints, load_model, load_split, model_config, run_path, stream_tokens
-from ..runs.options import Schedule
-from ..tokenizer import train_bpe
-from .methods import load_trainable, make_method
+from ..runs.driver import fit
+from ..runs.jobs import Trainable
+from ..runs.loading import method_from_manifest
+from .methods import TrainedArrays, load_trainable, make_method
 from .optim import AdamW
-from .train import fit, setup
-
-RUN_FORMAT_VERSION = 1
-SAVE_KEYS = ("step", "opt_t", "rng", "adamw_config")          # manifest keys save_state writes at every save
-# The options that fix a run, with the defaults of ``alh-ref pretrain`` / ``alh-ref adapt``.
-PRETRAIN_OPTIONS = {"split": "train", "vocab_size": None, "config": "tiny", "block_size": None, "n_layer": None,
-                    "n_head": None, "n_embd": None, "batch_size": 16, "seed": 0}
-_A = ALHConfig()
-ADAPT_OPTIONS = {"method": None, "split": "train", "batch_size": 16, "seed": 0, "encoder": _A.encoder,
-                 "site": _A.site, "out_context": _A.out_context, "D": _A.D, "hyper_layers": _A.n_layer,
-                 "hyper_heads": _A.n_head, "K": _A.K, "R": _A.R, "lora_rank": 4}
-SESSION = asdict(Schedule())                                    # steps, ckpt_every, keep: the CLI's defaults
+from .train import setup, step_fn
 
 
-def _resolve(given, defaults):
-    return {k: (d if given.get(k) is None else given[k]) for k, d in defaults.items()}
+class TorchBackend:
+    """How alh_ref.runs.jobs trains with torch (the members of alh_ref.runs.jobs.NumpyBackend).
 
-
-def _adamw(opts, steps, saved=None):
-    """AdamWConfig: the given optimiser options over the defaults (new run) or over the saved config (resume)."""
-    cfg = AdamWConfig(total_steps=steps) if saved is None else AdamWConfig(**saved)
-    new = {k: opts[k] for k in ("lr", "warmup_steps", "weight_decay", "grad_clip") if opts.get(k) is not None}
-    if opts.get("decay_steps") is not None:
-        new["total_steps"] = opts["decay_steps"]
-    return replace(cfg, **new)
-
-
-def _corpus_meta(opts, split, data, tokens):
-    name = str(opts["corpus"])
-    return {"name": name if name in BUILTIN_CORPORA else str(Path(name).resolve()), "opts": opts.get("corpus_opts") or {},
-            "split": split, "n_documents": len(data.documents), "n_tokens": int(tokens.shape[0])}
-
-
-def _check_method_options(method, opts):
-    """Hypernetwork options only for alh-*/static-*/side, lora_rank only for lora-embed (as alh-ref adapt)."""
-    has_alh = method.startswith(("alh-", "static-")) or method == "side"
-    wrong = [k for k in ("encoder", "site", "out_context", "D", "hyper_layers", "hyper_heads", "K", "R")
-             if opts.get(k) is not None and not has_alh]
-    wrong += ["lora_rank"] if opts.get("lora_rank") is not None and method != "lora-embed" else []
-    if wrong:
-        raise InputError(f"--{wrong[0].replace('_', '-')} does not apply to method {method!r}; hypernetwork options "
-                         "go with alh-*/static-*/side, --lora-rank with lora-embed")
-
-
-def _new_run(out, name, opts):
-    rd = run_path(out, name)
-    if list_checkpoints(rd):
-        raise InputError(f"run {str(rd)!r} already has checkpoints; pass --resume to continue it, or choose another --name")
-    if opts.get("corpus") is None:
-        raise InputError("this job needs a corpus: --corpus NAME|PATH")
-    return rd
-
-
-def pretrain(out="runs", name="base", *, resume=False, progress=False, device="cpu", dtype="float32", **opts):
-    """Pretrain a base GPT with the torch port into ``out/name``, or resume it (options as alh_ref.runs.pretrain).
-
-    Returns the summary dict (as ``alh-ref pretrain --json``), plus device, dtype, world_size.
+    device : "cpu" | "cuda";  dtype : "float32" | "float64".  Under torchrun only rank 0 is the
+    ``writer`` (it holds the run-folder lock and writes the tokenizer, pins and checkpoints).
     """
-    if resume:
-        return _resume(run_path(out, name), "pretrain", opts, progress, device, dtype)
-    rank, world, dev, dt = setup(device, dtype)
-    rd = _new_run(out, name, opts)
-    o = _resolve(opts, PRETRAIN_OPTIONS)
-    s = _resolve(opts, SESSION)
-    data = load_split(opts["corpus"], opts.get("corpus_opts"), o["split"])
-    if opts.get("tokenizer") is not None:
-        tok = find_tokenizer(opts["tokenizer"])
-    elif o["vocab_size"] is None and (rd / "tokenizer" / "tokenizer.json").is_file():
-        tok = find_tokenizer(rd)
+
+    init_dtype = np.float64                     # a new base: the NumPy init in float64, then cast to ``dtype``
+
+    def __init__(self, device="cpu", dtype="float32"):
+        self.rank, self.world, self.dev, self.dt = setup(device, dtype)
+        self.dtype, self.writer = dtype, self.rank == 0
+
+    def make_method(self, name, base, cfg, acfg=None, seed=0, lora_rank=4):
+        """A TorchMethod on this backend's device and dtype (alh_ref.torch.methods.make_method)."""
+        return make_method(name, base, cfg, acfg, seed=seed, lora_rank=lora_rank, dtype=self.dt, device=self.dev)
+
+    def base(self, params, cfg, acfg, spec):
+        """Pretraining: every base tensor trained ("full-ft" of the base)."""
+        return self.adapter(self.make_method("full-ft", params, cfg), params, acfg, spec)
+
+    def adapter(self, method, base, acfg, spec):
+        if spec.batch_size % self.world:
+            raise InputError(f"--batch-size {spec.batch_size} is not divisible by the {self.world} processes; "
+                             f"expected a multiple of {self.world}")
+        trained = method.train().trainable()
+        opt = AdamW(trained, acfg, method.decay)
+        return Trainable(TrainedArrays(method), opt, step_fn(method, opt, self.rank, self.world, self.dev),
+                         int(sum(p.numel() for p in trained.values())), int(sum(p.numel() for p in method.parameters())),
+                         torch.empty((), dtype=self.dt).element_size())
+
+    def restore(self, arrays, meta, tr):
+        """Saved trainable tensors and AdamW state into the method and optimiser; returns the sampler RNG."""
+        shapes = {n: tuple(p.shape) for n, p in tr.params.method.trainable().items()}
+        shapes.update({"opt." + k: a.shape for k, a in tr.opt.state_tensors().items()})
+        _check_shapes(arrays, shapes)
+        load_trainable(tr.params.method, arrays)
+        tr.opt.load_state({k[4:]: a for k, a in arrays.items() if k.startswith("opt.")}, meta["opt_t"])
+        return rng_from_json(meta["rng"])
+
+    def run(self, rd, job, setup, progress, notes):
+        setup.info.update(backend="torch", device=str(self.dev), dtype=self.dtype, world_size=self.world)
+        s = fit(rd, job, setup, progress and self.writer, notes, self.writer)
+        return dict(s, history=[r["loss"] for r in setup.history])
+
+
+def pretrain(out="runs", name="base", *, resume=False, progress=False, warn=None, device="cpu", dtype="float32",
+             **given):
+    """Pretrain a base GPT with the torch port into ``out/name``, or resume it (as alh_ref.runs.pretrain).
+
+    Returns the summary dict of ``alh-ref pretrain``, plus backend, device, dtype, world_size and
+    history (the loss of every step of the run).
+    """
+    return runs.pretrain(out, name, resume=resume, progress=progress, warn=warn,
+                         backend=TorchBackend(device, dtype), **given)
+
+
+def adapt(out="runs", name=None, *, resume=False, progress=False, warn=None, device="cpu", dtype="float32", **given):
+    """Adapt a pretrained base (a run of either backend) with the torch port, or resume (as alh_ref.runs.adapt)."""
+    return runs.adapt(out, name, resume=resume, progress=progress, warn=warn, backend=TorchBackend(device, dtype),
+                      **given)
+
+
+def to_torch(m, backend):
+    """The method of a loaded run (the dict of alh_ref.runs.load_model) as a TorchMethod in eval mode on
+    ``backend``'s device and dtype: a base run the frozen "none" method, an adapted run its method
+    (alh_ref.runs.loading.method_from_manifest) with its trained tensors."""
+    meta, npm, cfg = m["manifest"], m["method"], m["cfg"]
+    if meta["kind"] == "base":
+        tm = backend.make_method("none", npm.base, cfg)
     else:
-        tok = train_bpe(data.documents, o["vocab_size"] or CONFIGS[o["config"]].vocab_size)
-    cfg = model_config(tok.n_vocab, o["config"], o["block_size"], o["n_layer"], o["n_head"], o["n_embd"])
-    o.update(block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd)
-    tokens = stream_tokens(tok, data, cfg.block_size)                                          # (n,)
-    base = init_params(cfg, seed=o["seed"], dtype=np.float64)                                  # NumPy init, then cast
-    method = make_method("full-ft", base, cfg, dtype=dt, device=dev)
-    manifest = {"run_format_version": RUN_FORMAT_VERSION, "kind": "base", "gpt_config": cfg.to_dict(),
-                "tokenizer_sha256": tok.sha256, "corpus_fingerprint": data.fingerprint,
-                "corpus": _corpus_meta(opts, o["split"], data, tokens), "options": o, "target_steps": s["steps"],
-                "schedule": s}
-    if rank == 0:
-        tok.save(rd / "tokenizer")
-    info = {"n_params": int(sum(a.size for a in base.values())), "gpt_config": cfg.to_dict()}
-    opt = AdamW(method.trainable(), _adamw(opts, s["steps"]), method.decay)
-    return fit(rd, "pretrain", method, opt, tokens, o, s, np.random.default_rng([o["seed"], 1]), manifest, info,
-               progress, rank, world, dev)
+        tm = method_from_manifest(meta, npm.base, cfg, backend.make_method)
+    load_trainable(tm, npm.params)
+    return tm.eval()
 
 
-def adapt(out="runs", name=None, *, resume=False, progress=False, device="cpu", dtype="float32", **opts):
-    """Adapt a pretrained base (a run of either backend) with the torch port, or resume (options as alh_ref.runs.adapt)."""
-    if opts.get("method") is None and name is None:
-        raise InputError("adapt needs --method NAME (or --name of the run to resume)")
-    name = name or f"adapt-{opts['method']}"
-    if resume:
-        return _resume(run_path(out, name), "adapt", opts, progress, device, dtype)
-    rank, world, dev, dt = setup(device, dtype)
-    if opts.get("method") is None:
-        raise InputError("adapt needs --method NAME")
-    rd = _new_run(out, name, opts)
-    if opts.get("base") is None:
-        raise InputError("adapt needs --base RUN_OR_CKPT")
-    _check_method_options(opts["method"], opts)
-    o = _resolve(opts, ADAPT_OPTIONS)
-    s = _resolve(opts, SESSION)
-    m = load_model(opts["base"], out, opts.get("tokenizer"))                                    # checks tokenizer, names, shapes
-    if m["manifest"]["kind"] != "base":
-        raise InputError(f"--base {opts['base']!r} is an adapted run; expected a pretrain run or checkpoint")
-    tok, cfg, bmeta, base_ckpt, base = m["tokenizer"], m["cfg"], m["manifest"], m["checkpoint"], m["method"].base
-    data = load_split(opts["corpus"], opts.get("corpus_opts"), o["split"])
-    tokens = stream_tokens(tok, data, cfg.block_size)                                          # (n,)
-    acfg = ALHConfig(encoder=o["encoder"], site=o["site"], out_context=o["out_context"], D=o["D"],
-                     n_layer=o["hyper_layers"], n_head=o["hyper_heads"], K=o["K"], R=o["R"])
-    method = make_method(o["method"], base, cfg, acfg, seed=o["seed"], lora_rank=o["lora_rank"], dtype=dt, device=dev)
-    p = Path(base_ckpt).resolve()
-    manifest = {"run_format_version": RUN_FORMAT_VERSION, "kind": "adapt", "gpt_config": cfg.to_dict(),
-                "tokenizer_sha256": tok.sha256, "corpus_fingerprint": data.fingerprint,
-                "corpus": _corpus_meta(opts, o["split"], data, tokens), "options": o, "target_steps": s["steps"],
-                "schedule": s, "method": o["method"], "alh_config": acfg.to_dict(),
-                "base": {"path": str(p), "relpath": os.path.relpath(p, Path(rd).resolve()), "step": int(bmeta["step"]),
-                         "safetensors_sha256": bmeta["safetensors_sha256"]}}
-    if rank == 0:
-        tok.save(rd / "tokenizer")
-    info = {"method": o["method"], "n_trainable": int(sum(p.numel() for p in method.trainable().values())),
-            "base": str(p)}
-    opt = AdamW(method.trainable(), _adamw(opts, s["steps"]), method.decay)
-    return fit(rd, "adapt", method, opt, tokens, o, s, np.random.default_rng([o["seed"], 2]), manifest, info,
-               progress, rank, world, dev)
-
-
-def _resume(rd, job, opts, progress, device, dtype):
-    """Continue the newest checkpoint of run ``rd`` (written by either backend): parameters, AdamW moments
-    and step, the batch sampler's RNG and the history, so the run goes on as if it had not stopped."""
-    ckpts = list_checkpoints(rd)
-    if not ckpts:
-        raise InputError(f"nothing to resume: {str(rd)!r} has no checkpoint; run without --resume to start it")
-    if opts.get("base") is not None:
-        raise InputError("--base with --resume (a moved base) is handled by alh-ref adapt --resume --base")
-    rank, world, dev, dt = setup(device, dtype)
-    m = load_method(ckpts[-1][1], tokenizer=opts.get("tokenizer"), device=device, dtype=dtype,
-                    name="full-ft" if job == "pretrain" else None)
-    meta, method, tok = m["manifest"], m["method"].train(), m["tokenizer"]
-    if meta["kind"] != ("base" if job == "pretrain" else "adapt"):
-        raise InputError(f"run {str(rd)!r} is a {meta['kind']!r} run; resume it with the {'adapt' if job == 'pretrain' else 'pretrain'} command")
-    o = meta["options"]
-    for k in (PRETRAIN_OPTIONS if job == "pretrain" else ADAPT_OPTIONS):
-        if opts.get(k) is not None and opts[k] != o.get(k):
-            raise InputError(f"--{k.replace('_', '-')} {opts[k]} differs from this run's {o.get(k)}; a resumed run keeps "
-                             "its data, model, method and seed (drop the option, or start a new run with another --name)")
-    s = _resolve(opts, dict(SESSION, **(meta.get("schedule") or {})))   # the run's own --keep/--ckpt-every
-    s["steps"] = opts["steps"] if opts.get("steps") is not None else meta["target_steps"]
-    if s["steps"] < meta["step"]:
-        raise InputError(f"--steps {s['steps']} is below the {meta['step']} steps this run has done; expected the new total")
-    c = meta["corpus"]
-    data = load_split(opts.get("corpus") or c["name"], opts.get("corpus_opts") or c["opts"], c["split"])
-    if data.fingerprint != meta["corpus_fingerprint"]:
-        raise InputError(f"corpus mismatch: this run was trained on corpus fingerprint {meta['corpus_fingerprint'][:12]}…, "
-                         f"the text now has {data.fingerprint[:12]}…; restore the original text or start a new run")
-    tokens = stream_tokens(tok, data, m["cfg"].block_size)                                     # (n,)
-    opt = AdamW(method.trainable(), _adamw(opts, s["steps"], meta["adamw_config"]), method.decay)
-    arrays = load_checkpoint(m["checkpoint"])[0]
-    opt.load_state({k[4:]: a for k, a in arrays.items() if k.startswith("opt.")}, meta["opt_t"])
-    manifest = {k: v for k, v in meta.items() if k not in RESERVED_KEYS + SAVE_KEYS}
-    manifest["target_steps"], manifest["schedule"] = s["steps"], s
-    path = rd / "history.jsonl"
-    history = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
-    info = {"resumed_from": int(meta["step"]), "n_trainable": int(sum(p.numel() for p in method.trainable().values()))}
-    if job == "adapt":
-        info.update(method=meta["method"], base=meta["base"]["path"])
-    return fit(rd, job, method, opt, tokens, o, s, rng_from_json(meta["rng"]), manifest, info, progress, rank, world,
-               dev, [r for r in history if r["step"] <= meta["step"]])
-
-
-def load_method(ref, out="runs", tokenizer=None, device="cpu", dtype="float32", name=None):
-    """A run of either backend (base or adapted) as a TorchMethod, with alh_ref.runs.load_model's checks.
-
-    name : the method to build (default the run's; a base run is "none", or "full-ft" to train it on).
-    Returns the dict of ``load_model`` with "method" replaced by the TorchMethod (eval mode) and "device".
-    """
-    _, _, dev, dt = setup(device, dtype)
-    m = load_model(ref, out, tokenizer)
-    meta, cfg, npm = m["manifest"], m["cfg"], m["method"]
-    name = name or meta.get("method", "none")
-    acfg = ALHConfig(**meta["alh_config"]) if meta.get("alh_config") else None
-    o = meta.get("options", {})
-    tm = make_method(name, npm.base, cfg, acfg, seed=o.get("seed", 0), lora_rank=o.get("lora_rank", 4), dtype=dt, device=dev)
-    load_trainable(tm, dict(npm.base, **npm.params))                                          # full-ft of a base: its own tensors
-    return dict(m, method=tm.eval(), device=dev)
-
-
-@torch.no_grad()
 def evaluate(ref, *, out="runs", corpus=None, corpus_opts=None, split="val", batch_size=16, max_tokens=None,
-             tokenizer=None, device="cpu", dtype="float32"):
-    """Mean next-token loss of a run over consecutive windows (the windows of ``alh-ref eval``).
+             tokenizer=None, progress=False, errors=None, device="cpu", dtype="float32"):
+    """Mean next-token loss of a run (either backend's) with the torch port: ``alh_ref.runs.evaluate``
+    (the same windows, options and result, saved in the run's eval/ folder) with the torch forward
+    pass, plus backend, device and dtype."""
+    backend = TorchBackend(device, dtype)
 
-    Windows w = 0..W-1 read x = tokens[wT : wT+T], y = tokens[wT+1 : wT+T+1], W = (n-1)//T (capped at
-    max_tokens // T).  Returns {job, run, checkpoint, step, method, corpus, split, loss, perplexity,
-    n_tokens, T, backend, device, dtype}; nothing is written.
-    """
-    m = load_method(ref, out, tokenizer, device, dtype)
-    meta, cfg, tm, dev = m["manifest"], m["cfg"], m["method"], m["device"]
-    if corpus is None:
-        corpus, corpus_opts = meta["corpus"]["name"], meta["corpus"]["opts"]
-    tokens = stream_tokens(m["tokenizer"], load_split(corpus, corpus_opts, split), cfg.block_size)  # (n,)
-    T = cfg.block_size
-    W = (tokens.shape[0] - 1) // T
-    if max_tokens is not None:
-        W = max(1, min(W, max_tokens // T))
-    x = torch.as_tensor(tokens[:W * T].reshape(W, T).astype(np.int64), device=dev)             # (W,T)
-    y = torch.as_tensor(tokens[1:W * T + 1].reshape(W, T).astype(np.int64), device=dev)        # (W,T)
-    total = 0.0
-    for i in range(0, W, batch_size):
-        _, loss = tm(x[i:i + batch_size], y[i:i + batch_size])                                # (b,T) -> ()
-        total += float(loss) * x[i:i + batch_size].numel()
-    loss = total / (W * T)
-    return {"job": "eval", "run": None if m["run"] is None else str(m["run"]), "checkpoint": str(m["checkpoint"]),
-            "step": int(meta["step"]), "method": meta.get("method", "base"), "corpus": str(corpus), "split": split,
-            "loss": loss, "perplexity": math.exp(min(loss, 700.0)), "n_tokens": W * T, "T": T, "backend": "torch",
-            "device": str(dev), "dtype": dtype}
+    def forward(m):
+        tm = to_torch(m, backend)
+
+        @torch.no_grad()
+        def f(x, y):                                                                       # (b,T), (b,T) int64
+            logits, loss = tm(torch.as_tensor(x, device=backend.dev), torch.as_tensor(y, device=backend.dev))
+            return logits, float(loss), None
+        return f
+    s = runs.evaluate(ref, out=out, corpus=corpus, corpus_opts=corpus_opts, split=split, batch_size=batch_size,
+                      max_tokens=max_tokens, tokenizer=tokenizer, progress=progress, errors=errors, forward=forward)
+    return dict(s, backend="torch", device=str(backend.dev), dtype=dtype)

@@ -189,3 +189,14 @@ def test_a_unit_held_by_another_process_is_skipped(tmp_path):
 def test_jobs_needs_an_output_folder():
     with pytest.raises(InputError, match="jobs must be a whole number >= 1"):
         run_study("micro", jobs=2, **KW)
+
+
+def test_resuming_with_other_code_warns_and_keeps_the_units(straight, monkeypatch, capsys):
+    real = json.loads((straight / "cache" / "manifest.json").read_text())["code_sha256"]
+    assert real == cache_mod.code_fingerprint()
+    monkeypatch.setattr(cache_mod, "code_fingerprint", lambda: "f" * 64)
+    res = run_study("micro", out_dir=straight, resume=True, **KW)
+    assert res["cached_units"] == 14
+    assert "were computed by other alh_ref code" in capsys.readouterr().err
+    kept = json.loads((straight / "cache" / "manifest.json").read_text())
+    assert kept["code_sha256"] == real and kept["resumed_with"] == "f" * 64

@@ -48,10 +48,22 @@ def data_fingerprint(data):
     return h.hexdigest()
 
 
+def code_fingerprint():
+    """sha256 over the package's own .py files (path and bytes, in path order): which code computed a unit."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def manifest(cfg, seeds, data):
-    """What a cache belongs to: the resolved configuration, the seeds and the data fingerprint, and their hash."""
+    """What a cache belongs to: the resolved configuration, the seeds and the data fingerprint, and their hash
+    (plus, outside the hash, the code's fingerprint: other code may resume, with a warning)."""
     body = {"config": json.loads(json.dumps(cfg)), "seeds": list(seeds), "data_sha256": data_fingerprint(data)}
-    return dict(body, hash=hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest())
+    return dict(body, hash=hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest(),
+                code_sha256=code_fingerprint())
 
 
 class StudyCache:
@@ -60,6 +72,7 @@ class StudyCache:
     def __init__(self, folder, man, resume):
         self.folder = None if folder is None else Path(folder)
         self.memory = {}
+        self.warning = None
         if self.folder is None:
             return
         path = self.folder / "manifest.json"
@@ -68,6 +81,11 @@ class StudyCache:
             if old.get("hash") != man["hash"]:
                 raise InputError(f"cannot resume from {str(self.folder)!r}: it was written with a different "
                                  f"{_differs(old, man)}; expected the same options (drop --resume to start fresh)")
+            if old.get("code_sha256") != man.get("code_sha256"):
+                self.warning = (f"warning: the units in {str(self.folder)!r} were computed by other alh_ref code "
+                                f"(fingerprint {str(old.get('code_sha256'))[:12]} vs {str(man.get('code_sha256'))[:12]}); they "
+                                "are kept, and new units may differ from them by more than rounding if the maths changed")
+                man = dict(man, code_sha256=old.get("code_sha256"), resumed_with=man.get("code_sha256"))
         elif self.folder.exists():
             units = sorted(f.name for f in self.folder.glob("*.json") if f.name != "manifest.json")
             if units and not _complete(path):                                               # hours of training: keep them

@@ -73,6 +73,8 @@ def run_study(size="default", setting=None, out_dir=None, seed=0, progress=True,
              "seeds": [int(seed) + i for i in range(cfg["n_seeds"])]}
     log(progress, t0, data["describe"])
     cache = StudyCache(None if out_dir is None else Path(out_dir) / "cache", manifest(cfg, setup["seeds"], data), resume)
+    if cache.warning:
+        print(cache.warning, file=sys.stderr, flush=True)
     units = schedule(cfg, setup["seeds"])
     hits = sum(cache.has(u[0]) for u in units)
     if hits:

@@ -48,8 +48,9 @@ from builders import noisy, token_batch
 from strategies import dims, dtypes, float_array, seeds, token_array
 
 from alh_ref.ops import (attention_backward_fast, attention_backward_ref, attention_forward_fast,
-                         attention_forward_ref, embedding_backward_fast, embedding_backward_ref, embedding_forward,
-                         gelu_backward_fast, gelu_backward_ref, gelu_forward_fast, gelu_forward_ref,
+                         attention_forward_ref, bias_add_fast, bias_add_ref, embedding_backward_fast,
+                         embedding_backward_ref, embedding_forward, gelu_backward_fast, gelu_backward_ref,
+                         gelu_forward_fast, gelu_forward_ref,
                          layernorm_backward_fast, layernorm_backward_ref, layernorm_forward_fast,
                          layernorm_forward_ref, softmax_cross_entropy_backward_fast,
                          softmax_cross_entropy_backward_ref, softmax_cross_entropy_forward_fast,
@@ -100,6 +101,17 @@ def test_layernorm_parity(d, dtype, seed, need_dw):
         close(db, db_r, dtype)
     else:
         assert dw is None and db is None and dw_r is None and db_r is None
+
+
+@given(dims(), dtypes, seeds)
+def test_bias_add_parity(d, dtype, seed):
+    N, C = d["B"] * d["T"], d["C"]
+    out = float_array(seed, (N, C), dtype, scale=3.0)                  # (N,C)
+    b = float_array(seed + 1, (C,), dtype)                             # (C,)
+    got, want = out.copy(), out.copy()                                 # (N,C) each
+    bias_add_fast(got, b)
+    bias_add_ref(want, b)
+    close(got, want, dtype)
 
 
 @given(st.integers(1, 40), dtypes, seeds)

@@ -20,7 +20,17 @@ threadpoolctl): M callers each starting a multi-threaded BLAS call would put M x
 threads on the cores. The sum is taken in micro-batch order, so a run is reproducible for a fixed
 ``threads``; ``threads=1`` calls the wrapped function unchanged (the exact serial path) with BLAS
 limited to one thread.
+
+Memory: a step allocates and frees the same activation and gradient buffers every time. With
+glibc's default settings, buffers above its mmap threshold (128 KiB, adapting upward) are handed
+back to the kernel on free and faulted in again, page by page, on the next step; with two threads
+each unmap also interrupts the other core (a TLB shootdown). :func:`keep_freed_memory`, called
+once when a :class:`DataParallel` is made, tells malloc to keep freed blocks of up to 32 MiB for
+reuse (``mallopt``: mmap threshold 32 MiB, no trimming), so the process's memory stays at its
+peak instead of being returned between steps. A user's own ``MALLOC_MMAP_THRESHOLD_`` or
+``MALLOC_TRIM_THRESHOLD_`` wins; on a C library without ``mallopt`` it does nothing.
 """
+import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,10 +38,33 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["DataParallel", "available_cores", "blas_limit", "counted_targets", "resolve_threads",
-           "split_sizes"]
+__all__ = ["DataParallel", "available_cores", "blas_limit", "counted_targets", "keep_freed_memory",
+           "resolve_threads", "split_sizes"]
 
 _controller = None
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3        # glibc's mallopt parameter numbers (malloc.h)
+_MMAP_THRESHOLD_MAX = 32 << 20                       # glibc's upper limit on 64-bit: 4 MiB * sizeof(long)
+_kept = None
+
+
+def keep_freed_memory():
+    """Let malloc keep freed blocks for reuse instead of unmapping them (once per process).
+
+    Sets glibc's mmap threshold to 32 MiB and turns trimming off (see the module docstring), unless
+    the environment sets ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_``. Returns True when
+    the setting was made, False when it was left to the user or the C library has no ``mallopt``.
+    """
+    global _kept
+    if _kept is None:
+        _kept = False
+        if not any(v in os.environ for v in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+            try:
+                mallopt = ctypes.CDLL(None).mallopt  # the C library's symbols, as linked into Python
+            except (OSError, AttributeError, TypeError):  # no mallopt (macOS) or no CDLL(None) (Windows)
+                return _kept
+            mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+            _kept = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _kept
 
 
 def available_cores():
@@ -97,6 +130,7 @@ class DataParallel:
         self.threads = resolve_threads(threads)
         self.split = split
         self._pool = None
+        keep_freed_memory()
 
     def __call__(self, x, y, *rest, **kwargs):
         B = x.shape[0]

@@ -431,7 +431,9 @@ def test_dropping_the_clip_constant_is_caught(monkeypatch):
     report = g.check_bundle(GOLDEN, cases=["train_gpt_f64", "train_alh_lowrank_clip_f64"])
     assert report["first_failure"] == "train_alh_lowrank_clip_f64/train.losses"
     assert _entry(report, "train_alh_lowrank_clip_f64", "train.final.alh.head.w")["share"] > 100
-    assert _entry(report, "train_alh_lowrank_clip_f64", "train.step0.grad.alh.head.w")["share"] == 0.0
+    # step 0 comes before any update, so the clip constant cannot reach it: only the kernels' rounding
+    # (a share of ~1e-10 since the LayerNorm backward's last pass reads its stored g) separates it from the bundle
+    assert _entry(report, "train_alh_lowrank_clip_f64", "train.step0.grad.alh.head.w")["share"] < 1e-6
     assert max(e["share"] for e in report["entries"] if e["case"] == "train_gpt_f64") < 1    # measured 0.15
     spec = g.read_manifest(GOLDEN)["cases"]["train_alh_lowrank_clip_f64"]
     assert spec["train"]["optimizer"]["grad_clip"] == 1e-6

@@ -148,3 +148,14 @@ def test_cli_threads_runs_the_same_training(capsys, tmp_path):
     np.testing.assert_allclose(hist[2], hist[1], rtol=1e-5)
     code, out, err = run(capsys, "pretrain", "--corpus", tmp_path / "a.txt", "--threads", "0", "--out", tmp_path)
     assert code == 2 and "argument --threads: 0 is too small" in err and "Traceback" not in err   # argparse usage error
+
+
+def test_keep_freed_memory_leaves_a_user_setting_alone():
+    """With MALLOC_TRIM_THRESHOLD_ in the environment, malloc is not reconfigured (the user's setting wins)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="131072")
+    code = "from alh_ref.parallel import keep_freed_memory as k; print(k(), k())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

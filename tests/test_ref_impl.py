@@ -29,6 +29,7 @@ import alh_ref.ops.attention
 import alh_ref.ops.embedding
 import alh_ref.ops.gelu
 import alh_ref.ops.layernorm
+import alh_ref.ops.linear
 import alh_ref.ops.softmax_ce
 import alh_ref.optim
 from alh_ref import ops
@@ -46,7 +47,8 @@ ALH_DIMS = {"D": 4, "n_layer": 1, "n_head": 2, "K": 4, "R": 2}
 B, T = 3, 7
 COMBOS = [(f, s, o, e) for f in FAMILIES for s in SITES for o in OUT_CONTEXTS for e in ENCODERS]
 KERNEL_MODULES = (alh_ref.ops.attention, alh_ref.ops.embedding, alh_ref.ops.gelu, alh_ref.ops.layernorm,
-                  alh_ref.ops.softmax_ce, alh_ref.optim, alh_ref.alh.householder, alh_ref.alh.lowrank)
+                  alh_ref.ops.linear, alh_ref.ops.softmax_ce, alh_ref.optim, alh_ref.alh.householder,
+                  alh_ref.alh.lowrank)
 
 
 def close(ref, fast, name=""):

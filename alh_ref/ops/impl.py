@@ -8,8 +8,8 @@
 An op that has two implementations is built with :func:`dispatch`, next to both of them in its own
 module (e.g. ``layernorm_forward = dispatch(layernorm_forward_fast, layernorm_forward_ref)``); the
 model, the hypernetwork and the optimizer call that one name, and the choice is made at call time.
-Ops that are plain NumPy/BLAS (linear, the embedding gather, FiLM) have one implementation and
-need no dispatch. The setting is process-wide (one global, not per thread).
+Ops that are plain NumPy/BLAS (the linear layers' matmuls, the embedding gather, FiLM) have one
+implementation and need no dispatch. The setting is process-wide (one global, not per thread).
 """
 from contextlib import contextmanager
 

@@ -73,16 +73,17 @@ def layernorm_backward_ref(dout, cache, *, need_dw=True):
 def _layernorm_forward_kernel(x, w, b, eps, out, mean, rstd):
     # x, out: (N,C); w, b: (C,); mean, rstd: (N,)
     N, C = x.shape
+    n = x.dtype.type(C)                                     # C in x's dtype: an int divisor would promote float32 to float64
     for i in range(N):
         m = x.dtype.type(0)
         for c in range(C):
             m += x[i, c]
-        m = m / C
+        m = m / n
         v = x.dtype.type(0)
         for c in range(C):
             d = x[i, c] - m
             v += d * d
-        v = v / C
+        v = v / n
         r = x.dtype.type(1) / np.sqrt(v + eps)
         for c in range(C):
             out[i, c] = (x[i, c] - m) * r * w[c] + b[c]
@@ -94,6 +95,7 @@ def _layernorm_forward_kernel(x, w, b, eps, out, mean, rstd):
 def _layernorm_backward_kernel(dout, x, w, mean, rstd, dx, dw, db, need_dw):
     # dout, x, dx: (N,C); w, dw, db: (C,); mean, rstd: (N,)
     N, C = x.shape
+    n = x.dtype.type(C)                                     # as in the forward: keep float32 maths float32
     for i in range(N):
         m = mean[i]
         r = rstd[i]
@@ -102,16 +104,17 @@ def _layernorm_backward_kernel(dout, x, w, mean, rstd, dx, dw, db, need_dw):
         for c in range(C):
             xh = (x[i, c] - m) * r
             g = dout[i, c] * w[c]
+            dx[i, c] = g                                    # g kept as rounded: an FMA of dout * w - gm would not cancel
             gm += g
             gxm += g * xh
             if need_dw:
                 dw[c] += dout[i, c] * xh
                 db[c] += dout[i, c]
-        gm = gm / C
-        gxm = gxm / C
+        gm = gm / n
+        gxm = gxm / n
         for c in range(C):
             xh = (x[i, c] - m) * r
-            dx[i, c] = (dout[i, c] * w[c] - gm - xh * gxm) * r
+            dx[i, c] = (dx[i, c] - gm - xh * gxm) * r
 
 
 def layernorm_forward_fast(x, w, b, eps=EPS):

@@ -77,10 +77,13 @@ def run_method(name, p, si, s, ctx):
 
             def run(v, var=var):
                 m = build(name, base, gcfg, cfg, matched, s, l2=v if tune_l2 else None, alh=var)
+                what = f"seed {s} {p} {name} {'l2' if tune_l2 else 'lr'} {v:g}" + "".join(f" {k}={x}" for k, x in var.items())
                 try:
                     losses, track, sec = adapt(m, data, cfg, p, lr0 if tune_l2 else v, s)
                 except RunError:
+                    ctx["say"](f"  {what}: diverged")
                     return math.inf, None
+                ctx["say"](f"  {what}: val objective {objective(track[-1], p):.4f} ({sec:.1f}s)")
                 return objective(track[-1], p), (m, losses, track, sec)
 
             tuned.append((var, sweep(run, cfg["l2s"] if tune_l2 else cfg["lrs"], cfg["max_extend"])))
@@ -123,14 +126,16 @@ def prepare_base(ctx, s):
                | {"lr": None, "l2": None, "tuned": None})
 
 
-def compute_unit(unit, si, p, name, setup, ctxs, cache):
-    """Compute one unit into the cache; returns its progress line. ctxs: seed -> prepared base (kept)."""
+def compute_unit(unit, si, p, name, setup, ctxs, cache, say=lambda msg: None):
+    """Compute one unit into the cache; returns its progress line. ctxs: seed -> prepared base (kept);
+    say: called with a progress line after every run of a learning-rate sweep."""
     seeds = setup["seeds"]
     s = seeds[si]
     if s not in ctxs:
         ctxs[s] = dict(setup)
         prepare_base(ctxs[s], s)
     ctx = ctxs[s]
+    ctx["say"] = say
     if name is None:
         cache.put(unit, {"base": ctx["base_rec"], "none": ctx["none_rec"], "none_entry": ctx["none_entry"]})
         t = ctx["none_rec"]["test"]
@@ -174,7 +179,8 @@ def compute_missing(cache, setup, progress=False, t0=None, who="", poll=5.0):
                     waiting.append((unit, si, p, name))
                     continue
                 if not cache.has(unit):
-                    log(progress, t0, compute_unit(unit, si, p, name, setup, ctxs, cache), who)
+                    say = lambda msg: log(progress, t0, msg, who)                          # noqa: E731
+                    say(compute_unit(unit, si, p, name, setup, ctxs, cache, say))
                     done += 1
         todo = waiting
         ctxs = {s: c for s, c in ctxs.items() if any(seeds[u[1]] == s for u in todo)}      # free finished bases

@@ -67,10 +67,8 @@ def run_study(size="default", setting=None, out_dir=None, seed=0, progress=True,
     cfg = resolve(size, setting, **overrides)
     if out_dir is not None:
         ensure_writable_dir(out_dir)
-    data = load_data(cfg)
-    gcfg = base_config(cfg, data["V"])
-    setup = {"gcfg": gcfg, "cfg": cfg, "data": data, "matched": resolve_matched(cfg, gcfg),
-             "seeds": [int(seed) + i for i in range(cfg["n_seeds"])]}
+    setup = _setup(cfg, seed)
+    data = setup["data"]
     log(progress, t0, data["describe"])
     cache = StudyCache(None if out_dir is None else Path(out_dir) / "cache", manifest(cfg, setup["seeds"], data), resume)
     if cache.warning:
@@ -88,6 +86,14 @@ def run_study(size="default", setting=None, out_dir=None, seed=0, progress=True,
     results["runtime_s"] = time.perf_counter() - t0
     cache.mark_complete()
     return finish(results, out_dir, progress, t0)
+
+
+def _setup(cfg, seed):
+    """What every unit reads: cfg, the data, the base's GPTConfig, the matched sizes and the seeds."""
+    data = load_data(cfg)
+    gcfg = base_config(cfg, data["V"])
+    return {"gcfg": gcfg, "cfg": cfg, "data": data, "matched": resolve_matched(cfg, gcfg),
+            "seeds": [int(seed) + i for i in range(cfg["n_seeds"])]}
 
 
 def _compute_with_workers(jobs, args, cache, setup, t0):
@@ -117,12 +123,8 @@ def _worker(size, setting, out_dir, seed, progress, overrides, k):
     """One spawned worker: the same configuration and data, the same cache (resumed), BLAS on one thread."""
     t0 = time.perf_counter()
     try:
-        cfg = resolve(size, setting, **overrides)
-        data = load_data(cfg)
-        gcfg = base_config(cfg, data["V"])
-        setup = {"gcfg": gcfg, "cfg": cfg, "data": data, "matched": resolve_matched(cfg, gcfg),
-                 "seeds": [int(seed) + i for i in range(cfg["n_seeds"])]}
-        cache = StudyCache(Path(out_dir) / "cache", manifest(cfg, setup["seeds"], data), resume=True)
+        setup = _setup(resolve(size, setting, **overrides), seed)
+        cache = StudyCache(Path(out_dir) / "cache", manifest(setup["cfg"], setup["seeds"], setup["data"]), resume=True)
         with blas_limit(1):
             compute_missing(cache, setup, progress, t0, who=f" worker {k}")
     except (InputError, RunError, OSError) as e:

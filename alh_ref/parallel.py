@@ -26,8 +26,9 @@ glibc's default settings, buffers above its mmap threshold (128 KiB, adapting up
 back to the kernel on free and faulted in again, page by page, on the next step; with two threads
 each unmap also interrupts the other core (a TLB shootdown). :func:`keep_freed_memory`, called
 once when a :class:`DataParallel` is made, tells malloc to keep freed blocks of up to 32 MiB for
-reuse (``mallopt``: mmap threshold 32 MiB, no trimming), so the process's memory stays at its
-peak instead of being returned between steps. A user's own ``MALLOC_MMAP_THRESHOLD_`` or
+reuse (``mallopt``: mmap threshold 32 MiB, no trimming; the study, which trains without a
+DataParallel, calls it too), so the process's memory stays at its peak instead of being returned
+between steps. A user's own ``MALLOC_MMAP_THRESHOLD_`` or
 ``MALLOC_TRIM_THRESHOLD_`` wins; on a C library without ``mallopt`` it does nothing.
 """
 import ctypes

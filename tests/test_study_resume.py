@@ -1,6 +1,7 @@
 """A resumable study: a run interrupted after any unit and resumed writes the results of an uninterrupted run."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 
 from alh_ref.errors import InputError
 from alh_ref.study import resume as cache_mod
+from alh_ref.study import run as run_mod
 from alh_ref.study import units as units_mod
 from alh_ref.study import run_study
 
@@ -69,6 +71,18 @@ def test_a_complete_cache_resumes_without_training(straight, monkeypatch):
     res = run_study("micro", out_dir=straight, resume=True, **KW)
     assert res["cached_units"] == 14
     assert _numbers(straight) == before         # bit-equal: the same JSON records summarised by the same code
+
+
+def test_the_study_and_each_worker_keep_freed_memory(straight, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)                                            # a worker's resume rewrites the manifest
+    calls = []
+    monkeypatch.setattr(run_mod, "keep_freed_memory", lambda: calls.append("keep") or True)
+    monkeypatch.setattr(units_mod, "run_method", lambda *a, **k: calls.append("trained"))
+    run_study("micro", out_dir=out, resume=True, **KW)                       # the parent (complete cache: no training)
+    overrides = {k: KW[k] for k in ("protocols", "methods")}
+    run_mod._worker("micro", KW["setting"], str(out), KW["seed"], False, overrides, 1)    # a worker, called in-process
+    assert calls == ["keep", "keep"]
 
 
 def test_resume_refuses_another_configuration(straight):

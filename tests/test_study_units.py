@@ -82,6 +82,21 @@ def test_sweep_extends_past_an_edge_and_says_so():
     assert best == 3e-2 and tried["0.1"] is None and extended == []              # diverged neighbour: interior choice
 
 
+def test_sweep_extends_an_edge_the_curve_still_falls_toward_past_an_interior_dip():
+    # a val curve met in a real run (static-householder-matched, default size, shift): a dip at 3e-2
+    # inside the grid, the minimum four steps below it; choosing "the best is not on an edge" stops at 3e-2
+    curve = {1e-5: 5.30, 3e-5: 5.212, 1e-4: 5.210, 3e-4: 5.257, 1e-3: 5.375, 3e-3: 5.438, 1e-2: 5.492,
+             3e-2: 5.394, 1e-1: 5.744}
+    best, tried, _, extended, edge = sweep(lambda v: (curve[v], None), [3e-3, 1e-2, 3e-2, 1e-1], max_extend=6)
+    assert best == 1e-4 and edge is False
+    assert extended == [1e-3, 3e-4, 1e-4, 3e-5]                                  # stops once 3e-5 is worse than 1e-4
+    best, _, _, extended, edge = sweep(lambda v: (curve[v], None), [3e-3, 1e-2, 3e-2, 1e-1], max_extend=1)
+    assert best == 1e-3 and extended == [1e-3] and edge is True                  # out of extensions, the best on an edge
+    two = {3e-4: 2.5, 1e-3: 2.0, 3e-3: 2.2, 1e-2: 1.0, 3e-2: 2.4, 1e-1: 2.1, 3e-1: 2.6}   # both edges fall outward
+    best, _, _, extended, edge = sweep(lambda v: (two[v], None), [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], max_extend=6)
+    assert best == 1e-2 and extended == [3e-4, 3e-1] and edge is False           # the lower edge (2.0 < 2.1) first
+
+
 def test_bootstrap_with_unit_weights_is_the_ratio_of_sums():
     sums = np.array([[1.0, 2.0], [3.0, 6.0]])                                    # (N=2, S=2)
     cnt = np.array([2.0, 2.0])

@@ -174,7 +174,12 @@ def next_value(v, up):
 
 
 def sweep(run, grid, max_extend):
-    """Try every value of a log grid; while the best sits on an edge, extend past it (at most max_extend times).
+    """Try every value of a log grid; while an edge is open, extend past it (at most max_extend times).
+
+    An edge is open while the objective still falls toward it: the best value is on that edge, or
+    the edge's objective is below its inner neighbour's (a curve that is not monotone can have an
+    interior dip and its real minimum past an edge). The grid brackets the choice when neither edge
+    is open. With both open, the edge with the lower objective is extended first.
 
     Parameters
     ----------
@@ -185,19 +190,24 @@ def sweep(run, grid, max_extend):
     Returns
     -------
     best : the chosen value;  tried : {value: objective or None (diverged)};  payloads : {value: payload}
-    extended : list of the values added past an edge;  on_edge : bool (the choice is still on an edge)
+    extended : list of the values added past an edge;  on_edge : bool (an edge is still open)
     """
     values = list(grid)
     res = {v: run(v) for v in values}
     extended = []
     while True:
         ordered = sorted(res)
-        best = min(ordered, key=lambda v: res[v][0])
-        i = ordered.index(best)
-        edge = len(ordered) > 1 and math.isfinite(res[best][0]) and i in (0, len(ordered) - 1)
+        obj = [res[v][0] for v in ordered]                                        # objective per value, increasing value
+        i = int(np.argmin(obj))
+        best = ordered[i]
+        n = len(ordered)
+        low = n > 1 and (i == 0 or obj[0] < obj[1])                               # still falling toward the low edge
+        high = n > 1 and (i == n - 1 or obj[-1] < obj[-2])                        # ... toward the high edge
+        edge = math.isfinite(obj[i]) and (low or high)
         if not edge or len(extended) >= max_extend:
             break
-        v = next_value(ordered[0], False) if i == 0 else next_value(ordered[-1], True)
+        down = low and (not high or obj[0] <= obj[-1])
+        v = next_value(ordered[0], False) if down else next_value(ordered[-1], True)
         extended.append(v)
         res[v] = run(v)
     tried = {f"{v:g}": (o if math.isfinite(o) else None) for v, (o, _) in sorted(res.items())}

@@ -32,7 +32,7 @@ def _setup(results):
              f"clip 1.0, {int(100 * c['warmup_frac'])}% warmup, cosine); protocols {', '.join(c['protocols'])}",
              f"- tuning: lr grid {c['lrs']} for every trained method (embed-ft-l2: strength grid {c['l2s']} at "
              f"embed-ft's lr), chosen on val (shift: B; mix: mean of A and B) on seed {results['seeds'][0]} and reused; "
-             f"extended past an edge at most {c['max_extend']} times",
+             f"extended past an open edge (the objective still falling toward it) at most {c['max_extend']} times",
              "- hypernetwork: " + ", ".join(f"{k}={v}" for k, v in sorted(c["alh"].items())) +
              f"; matched sizes: static-householder-matched K = {results['matched']['K']}, alh-householder-matched "
              f"D = {results['matched']['D']} (embed-ft trains {results['matched']['embed_ft']:,})",

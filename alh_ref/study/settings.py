@@ -48,7 +48,7 @@ _DEFAULT = {
     # the base is pretrained for at most pretrain_steps, with early stopping on A val loss (evaluated every
     # pretrain_eval_every steps; stopped after pretrain_patience evaluations without improvement; the best kept)
     "pretrain_eval_every": 25, "pretrain_patience": 3,
-    # fair tuning: one log grid for every trained method, extended past an edge at most max_extend times
+    # fair tuning: one log grid for every trained method, extended past an open edge at most max_extend times
     "lrs": (3e-3, 1e-2, 3e-2, 1e-1), "l2s": (1e-3, 1e-2, 1e-1), "max_extend": 6,
     # ALH's own sizes tuned on the same footing (each with the lr grid; the best on val is kept): --full only
     "alh_sweep": (),

@@ -77,7 +77,7 @@ def test_the_study_and_each_worker_keep_freed_memory(straight, tmp_path, monkeyp
     out = tmp_path / "run"
     shutil.copytree(straight, out)                                            # a worker's resume rewrites the manifest
     calls = []
-    monkeypatch.setattr(run_mod, "keep_freed_memory", lambda: calls.append("keep") or True)
+    monkeypatch.setattr(units_mod, "keep_freed_memory", lambda: calls.append("keep") or True)
     monkeypatch.setattr(units_mod, "run_method", lambda *a, **k: calls.append("trained"))
     run_study("micro", out_dir=out, resume=True, **KW)                       # the parent (complete cache: no training)
     overrides = {k: KW[k] for k in ("protocols", "methods")}

@@ -16,7 +16,7 @@ from ..errors import InputError, RunError
 from ..io_utils import atomic_write_json, atomic_write_text, ensure_writable_dir
 from .resume import StudyCache, manifest
 from .data import DOMAINS, load_data, synthetic_floors
-from ..parallel import blas_limit, keep_freed_memory
+from ..parallel import blas_limit
 from .measure import counts
 from .plots import write_plots
 from .protocol import base_config, resolve_matched
@@ -67,7 +67,6 @@ def run_study(size="default", setting=None, out_dir=None, seed=0, progress=True,
     cfg = resolve(size, setting, **overrides)
     if out_dir is not None:
         ensure_writable_dir(out_dir)
-    keep_freed_memory()                      # freed step buffers stay for reuse (docs/performance.md)
     setup = _setup(cfg, seed)
     data = setup["data"]
     log(progress, t0, data["describe"])
@@ -123,7 +122,6 @@ def _compute_with_workers(jobs, args, cache, setup, t0):
 def _worker(size, setting, out_dir, seed, progress, overrides, k):
     """One spawned worker: the same configuration and data, the same cache (resumed), BLAS on one thread."""
     t0 = time.perf_counter()
-    keep_freed_memory()                      # as in the parent: a spawned process starts with malloc's defaults
     try:
         setup = _setup(resolve(size, setting, **overrides), seed)
         cache = StudyCache(Path(out_dir) / "cache", manifest(setup["cfg"], setup["seeds"], setup["data"]), resume=True)

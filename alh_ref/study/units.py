@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from ..errors import RunError
+from ..parallel import keep_freed_memory
 from .measure import base_log_probs, measure
 from .protocol import adapt, build, objective, pretrain_base, sweep, val_point
 
@@ -163,6 +164,7 @@ def compute_missing(cache, setup, progress=False, t0=None, who="", poll=5.0):
     only shortens the work: a unit it holds is skipped, and waited for if a unit here needs it.
     """
     t0 = time.perf_counter() if t0 is None else t0
+    keep_freed_memory()                      # freed step buffers stay for reuse, as in a DataParallel (docs/performance.md)
     seeds = setup["seeds"]
     todo = [u for u in schedule(setup["cfg"], seeds) if not cache.has(u[0])]
     ctxs, done = {}, 0

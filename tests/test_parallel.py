@@ -159,3 +159,30 @@ def test_keep_freed_memory_leaves_a_user_setting_alone():
     code = "from alh_ref.parallel import keep_freed_memory as k; print(k(), k())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_page_faults_benchmark_runs_both_malloc_modes():
+    """benchmarks/page_faults.py runs one process per mode: mallopt is set only in the "kept" one, and the
+    two train the same model to the same loss (the same maths; malloc's settings move no number)."""
+    import ctypes
+    import subprocess
+    import sys
+    from pathlib import Path
+    try:
+        ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        pytest.skip("this C library has no mallopt: keep_freed_memory changes nothing here")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "page_faults.py"
+    out = subprocess.run([sys.executable, str(script), "--config", "study", "--steps", "4", "--warmup", "2",
+                          "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["bench"] == "page_faults" and set(res["median"]) == {"default", "kept"}
+    default, kept = res["runs"]["default"][0], res["runs"]["kept"][0]
+    assert (default["kept"], kept["kept"]) == (False, True)
+    # same inputs and code, but another allocation history (buffer addresses and alignment): rounding at most
+    assert abs(default["loss_last"] - kept["loss_last"]) <= 1e-3
+    assert all(r[k] >= 0 for r in (default, kept) for k in ("faults_per_step", "cpu_ms_per_step", "wall_ms_per_step"))
+    bad = subprocess.run([sys.executable, str(script), "--config", "study", "--threads", "2"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "use --threads 1" in bad.stderr

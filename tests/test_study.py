@@ -7,6 +7,7 @@ import pytest
 
 from alh_ref.errors import InputError
 from alh_ref.study import STUDY_METHODS, resolve, rewrite_report, run_study
+from alh_ref.study.report import report_markdown
 
 
 @pytest.fixture(scope="module")
@@ -119,5 +120,8 @@ def test_alh_sizes_are_tuned_on_the_same_footing_and_missing_controls_leave_clai
     assert [v["alh"] for v in e["variants"]] == [{"K": 2}, {"K": 4}]
     best = min(e["variants"], key=lambda v: v["val"])
     assert e["alh_overrides"] == best["alh"] and e["detail"]["K"] == best["alh"]["K"]
+    md = report_markdown(res)                                  # the report lists every size's val objective
+    line = next(x for x in md.splitlines() if x.startswith("- alh-householder under shift, val objective per size"))
+    assert all(f"K={v['alh']['K']}: {v['val']:.3f}" in line for v in e["variants"])
     assert res["verdict"]["claims"][4]["verdict"] == "not decided"
     assert res["verdict"]["lines"][3].startswith("Claim 4: not decided")

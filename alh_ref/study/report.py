@@ -71,7 +71,15 @@ def _methods_table(results):
             cells.append(f"{e['tuned']} {val:g} ({sw}){flag}")
         det = "".join(f" ({k}={v})" for k, v in r["detail"].items())
         lines.append(f"| {name}{det} | {r['n_trainable']:,} | {r['n_effective']:,} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    lines.append("")
+    for name in results["config"]["methods"]:                                  # ALH's own sizes (--full)
+        for p in protos:
+            e = results["protocols"][p]["methods"][name]
+            if len(e.get("variants") or []) > 1:
+                vals = ", ".join(" ".join(f"{k}={v}" for k, v in sorted(x["alh"].items())) + ": " +
+                                 ("diverged" if x["val"] is None else f"{x['val']:.3f}") for x in e["variants"])
+                lines.append(f"- {name} under {p}, val objective per size (each at its own best lr): {vals}")
+    return lines + ([""] if lines[-1] != "" else [])
 
 
 def _protocol_tables(results, p):

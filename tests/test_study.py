@@ -125,3 +125,28 @@ def test_alh_sizes_are_tuned_on_the_same_footing_and_missing_controls_leave_clai
     assert all(f"K={v['alh']['K']}: {v['val']:.3f}" in line for v in e["variants"])
     assert res["verdict"]["claims"][4]["verdict"] == "not decided"
     assert res["verdict"]["lines"][3].startswith("Claim 4: not decided")
+
+
+def test_alh_controls_take_the_size_alh_was_tuned_to():
+    """Claim 4's controls are alh-householder with one input changed: with alh_sweep they are built at the
+    size alh-householder chose (neither size of the sweep is the preset's K = 2, so a control left at the
+    preset would show K = 2), on every seed."""
+    res = run_study("micro", setting="synthetic", out_dir=None, progress=False, n_seeds=2, protocols=("shift",),
+                    methods=("none", "embed-ft", "alh-householder", "alh-householder-prev", "alh-shuffled"),
+                    alh_sweep=({"K": 4}, {"K": 6}))
+    M = res["protocols"]["shift"]["methods"]
+    chosen = M["alh-householder"]["alh_overrides"]
+    assert chosen in ({"K": 4}, {"K": 6})
+    for name in ("alh-householder-prev", "alh-shuffled"):
+        assert M[name]["alh_overrides"] == chosen and M[name]["detail"]["K"] == chosen["K"]
+        assert M[name]["n_effective"] == M["alh-householder"]["n_effective"]       # K reflections of C each
+        assert len(M[name]["per_seed"]) == 2
+
+
+def test_alh_controls_wait_for_alh_householder_only_when_it_is_in_the_study():
+    from alh_ref.study.units import needs
+    methods = ["none", "alh-householder", "alh-householder-prev"]
+    assert needs(0, "mix", "alh-householder-prev", [7, 8], methods) == [("mix-alh-householder-7", "alh-householder")]
+    assert needs(0, "mix", "alh-householder-prev", [7, 8], ["none", "alh-householder-prev"]) == []
+    assert needs(1, "mix", "alh-householder-prev", [7, 8], methods) == [("mix-alh-householder-prev-7", "alh-householder-prev")]
+    assert needs(0, "mix", "side", [7, 8], methods) == []

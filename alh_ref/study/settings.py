@@ -30,6 +30,9 @@ METHOD_SPECS = {
     "alh-shuffled": ("alh-shuffled", {}),
 }
 STUDY_METHODS = tuple(METHOD_SPECS)
+# alh-householder with one input changed (Claim 4's controls): on the first seed they take the ALH size
+# alh-householder was tuned to (alh_sweep, --full), so that only that input differs
+ALH_CONTROLS = ("alh-householder-prev", "alh-householder-mean", "alh-shuffled")
 
 _DEFAULT = {
     "setting": "text",

@@ -18,6 +18,7 @@ from ..errors import RunError
 from ..parallel import keep_freed_memory
 from .measure import base_log_probs, measure
 from .protocol import adapt, build, objective, pretrain_base, sweep, val_point
+from .settings import ALH_CONTROLS
 
 
 def log(progress, t0, msg, who=""):
@@ -49,13 +50,18 @@ def schedule(cfg, seeds):
     return out
 
 
-def needs(si, p, name, seeds):
-    """The units a unit reads: [(unit, method)] (their tuning entries)."""
+def needs(si, p, name, seeds, methods):
+    """The units a unit reads: [(unit, method)] (their tuning entries). On the first seed embed-ft-l2
+    reads embed-ft's (its learning rate), and alh-householder's controls read alh-householder's (its size)."""
     if name is None:
         return []
     if si > 0:
         return [(f"{p}-{name}-{seeds[0]}", name)]
-    return [(f"{p}-embed-ft-{seeds[0]}", "embed-ft")] if name == "embed-ft-l2" else []
+    if name == "embed-ft-l2":
+        return [(f"{p}-embed-ft-{seeds[0]}", "embed-ft")]
+    if name in ALH_CONTROLS and "alh-householder" in methods:
+        return [(f"{p}-alh-householder-{seeds[0]}", "alh-householder")]
+    return []
 
 
 def method_entry(name, m, cfg, matched):
@@ -72,9 +78,14 @@ def run_method(name, p, si, s, ctx):
     if si == 0:
         tune_l2 = name == "embed-ft-l2"
         lr0 = P["methods"]["embed-ft"]["lr"] if tune_l2 else None
-        variants = cfg["alh_sweep"] if name == "alh-householder" and cfg["alh_sweep"] else [{}]
+        if name == "alh-householder" and cfg["alh_sweep"]:
+            variants = cfg["alh_sweep"]                                                     # ALH's own K / D (--full)
+        elif name in ALH_CONTROLS and "alh-householder" in P["methods"]:
+            variants = [P["methods"]["alh-householder"]["alh_overrides"]]                  # the size ALH was tuned to
+        else:
+            variants = [{}]
         tuned = []
-        for var in variants:                                                                # ALH's own K / D (--full)
+        for var in variants:
 
             def run(v, var=var):
                 m = build(name, base, gcfg, cfg, matched, s, l2=v if tune_l2 else None, alh=var)
@@ -144,7 +155,8 @@ def compute_unit(unit, si, p, name, setup, ctxs, cache, say=lambda msg: None):
         return (f"seed {s}: base pretrained, kept step {pre['best_step']} of {pre['stopped_step']} by A val loss "
                 f"(train loss {ctx['base_rec']['pretrain_final_loss']:.3f}); "
                 f"test A {t['A']['loss']:.3f} B {t['B']['loss']:.3f} C {t['C']['loss']:.3f}")
-    ctx["P"] = {"methods": {n: dict(cache.get(u)["entry"], per_seed=[]) for u, n in needs(si, p, name, seeds)},
+    ctx["P"] = {"methods": {n: dict(cache.get(u)["entry"], per_seed=[])
+                            for u, n in needs(si, p, name, seeds, setup["cfg"]["methods"])},
                 "frontier": {}}
     rec = run_method(name, p, si, s, ctx)
     got = {"rec": rec}
@@ -173,7 +185,7 @@ def compute_missing(cache, setup, progress=False, t0=None, who="", poll=5.0):
         for unit, si, p, name in todo:
             if cache.has(unit):
                 continue                                                                    # another process did it
-            if not all(cache.has(d) for d, _ in needs(si, p, name, seeds)):
+            if not all(cache.has(d) for d, _ in needs(si, p, name, seeds, setup["cfg"]["methods"])):
                 waiting.append((unit, si, p, name))
                 continue
             with cache.claim(unit) as mine:

@@ -3,10 +3,11 @@
 A unit is one JSON file of the cache (resume.py): ``base-<seed>`` (the frozen base's record and
 its own measurements as the method "none") or ``<protocol>-<method>-<seed>`` (one method's
 per-seed record; on the first seed its whole learning-rate sweep too). Dependencies: a later
-seed's unit reuses the first seed's tuning entry (learning rate, strength, ALH size), and
-embed-ft-l2 is tuned at embed-ft's learning rate. :func:`compute_missing` takes the units in
-:func:`schedule` order, skips one whose dependencies are not finished yet or that another process
-holds (``StudyCache.claim``), and passes again until every unit is finished.
+seed's unit reuses the first seed's tuning entry (learning rate, strength, ALH size),
+embed-ft-l2 is tuned at embed-ft's learning rate, and alh-householder's controls are built at its
+size. :func:`compute_missing` takes the units in :func:`schedule` order, skips one whose
+dependencies are not finished yet or that another process holds (``StudyCache.claim``), and passes
+again until every unit is finished.
 """
 import math
 import sys

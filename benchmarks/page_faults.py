@@ -12,8 +12,8 @@ process CPU ms (``time.process_time``, summed over threads) and wall ms. Page-fa
 depend on other load, the times do: read those on an idle machine.
 
 Configs: ``tiny`` and ``small`` (bench_train.py's, B = 16) through a DataParallel on ``--threads``
-threads; ``study``: the default study's base model (C=32, L=2, H=4, T=32, V=512, B=8) stepped
-without a DataParallel, as the study trains.
+threads; ``study``: the default study's base model (its sizes read from
+``alh_ref.study.settings.SIZES["default"]``) stepped without a DataParallel, as the study trains.
 
     python benchmarks/page_faults.py --config tiny --threads 2 --rounds 2 --steps 50
 
@@ -66,7 +66,11 @@ def child(args):
     if args.child == "default":
         parallel.keep_freed_memory = lambda: False                # a DataParallel would otherwise call it
     if args.config == "study":
-        cfg, B = GPTConfig(vocab_size=512, block_size=32, n_layer=2, n_head=4, n_embd=32), 8
+        from alh_ref.study.settings import SIZES                 # the default study's sizes, not a copy of them
+        d = SIZES["default"]
+        cfg = GPTConfig(vocab_size=d["bpe_vocab"], block_size=d["block_size"], n_layer=d["n_layer"],
+                        n_head=d["n_head"], n_embd=d["n_embd"])
+        B = d["batch_size"]
     else:
         cfg, B = CONFIGS[args.config], 16
     params = init_params(cfg, seed=1234, dtype=np.float32)

@@ -127,6 +127,33 @@ def test_alh_sizes_are_tuned_on_the_same_footing_and_missing_controls_leave_clai
     assert res["verdict"]["lines"][3].startswith("Claim 4: not decided")
 
 
+def test_each_alh_size_is_a_unit_and_an_open_size_edge_is_extended(tmp_path):
+    """--full's way at micro size: each size's sweep is a unit of its own; with two sizes of K the best is on
+    an edge either way, so with max_extend=1 the size past it (K halved or doubled) is swept and stored as a
+    unit too, the choice is the best of all three, and the report marks the extension."""
+    from alh_ref.study.settings import resolve
+    from alh_ref.study.units import next_size, schedule, size_unit
+    kw = dict(setting="synthetic", n_seeds=1, protocols=("shift",), methods=("none", "alh-householder"),
+              alh_sweep=({"K": 2}, {"K": 4}), max_extend=1)
+    res = run_study("micro", out_dir=tmp_path, progress=False, **kw)
+    units = [u[0] for u in schedule(resolve("micro", **kw), [0])]
+    assert units == ["base-0", "shift-alh-householder-0-K2", "shift-alh-householder-0-K4", "shift-alh-householder-0"]
+    e = res["protocols"]["shift"]["methods"]["alh-householder"]
+    assert [v["alh"] for v in e["variants"][:2]] == [{"K": 2}, {"K": 4}]
+    first = min(e["variants"][:2], key=lambda v: v["val"])["alh"]
+    assert e["variants"][2] == dict(e["variants"][2], alh={"K": 1 if first["K"] == 2 else 8}, extended=True)
+    assert (tmp_path / "cache" / f"{size_unit('shift', 0, e['variants'][2]['alh'])}.json").exists()
+    best = min(e["variants"], key=lambda v: v["val"])
+    assert e["alh_overrides"] == best["alh"] and e["detail"]["K"] == best["alh"]["K"]
+    assert e["size_on_edge"] == (next_size([v["alh"] for v in e["variants"]], best["alh"], 2) is not None)
+    stored = [json.loads((tmp_path / "cache" / f"{size_unit('shift', 0, v['alh'])}.json").read_text())
+              for v in e["variants"]]
+    assert res["protocols"]["shift"]["frontier"]["alh-householder"] == [q for u in stored for q in u["frontier"]]
+    assert [u["val"] for u in stored] == [v["val"] for v in e["variants"]]
+    line = next(x for x in report_markdown(res).splitlines() if x.startswith("- alh-householder under shift"))
+    assert f"K={e['variants'][2]['alh']['K']}: {e['variants'][2]['val']:.3f} (extended)" in line
+
+
 def test_alh_controls_take_the_size_alh_was_tuned_to():
     """Claim 4's controls are alh-householder with one input changed: with alh_sweep they are built at the
     size alh-householder chose (neither size of the sweep is the preset's K = 2, so a control left at the
@@ -150,3 +177,7 @@ def test_alh_controls_wait_for_alh_householder_only_when_it_is_in_the_study():
     assert needs(0, "mix", "alh-householder-prev", [7, 8], ["none", "alh-householder-prev"]) == []
     assert needs(1, "mix", "alh-householder-prev", [7, 8], methods) == [("mix-alh-householder-prev-7", "alh-householder-prev")]
     assert needs(0, "mix", "side", [7, 8], methods) == []
+    sizes = [{"K": 2}, {"K": 4, "D": 8}]                                                   # alh-householder reads its sizes' units
+    assert needs(0, "mix", "alh-householder", [7, 8], methods, sizes) == [("mix-alh-householder-7-K2", None),
+                                                                           ("mix-alh-householder-7-K4-D8", None)]
+    assert needs(0, "mix", "alh-householder", [7, 8], methods, sizes, size={"K": 2}) == []   # a size unit reads nothing

@@ -16,6 +16,7 @@ from alh_ref.study.data import doc_windows
 from alh_ref.study.measure import position_bins
 from alh_ref.study.protocol import next_value, sweep
 from alh_ref.study.summary import boot_stat, envelope, interval, read_envelope
+from alh_ref.study.units import next_size
 from alh_ref.study.verdict import combine, spearman_perm
 
 
@@ -95,6 +96,20 @@ def test_sweep_extends_an_edge_the_curve_still_falls_toward_past_an_interior_dip
     two = {3e-4: 2.5, 1e-3: 2.0, 3e-3: 2.2, 1e-2: 1.0, 3e-2: 2.4, 1e-1: 2.1, 3e-1: 2.6}   # both edges fall outward
     best, _, _, extended, edge = sweep(lambda v: (two[v], None), [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], max_extend=6)
     assert best == 1e-2 and extended == [3e-4, 3e-1] and edge is False           # the lower edge (2.0 < 2.1) first
+
+
+def test_next_size_steps_past_the_edge_the_best_size_sits_on():
+    full = [{"K": 4, "D": 32}, {"K": 8, "D": 64}, {"K": 16, "D": 64}, {"K": 8, "D": 128}]    # --full's sizes
+    assert next_size(full, {"K": 16, "D": 64}, 2) == {"K": 32, "D": 64}                   # largest K
+    assert next_size(full, {"K": 8, "D": 128}, 2) == {"K": 8, "D": 256}                   # largest D
+    assert next_size(full, {"K": 4, "D": 32}, 2) == {"K": 2, "D": 16}                     # smallest of both
+    assert next_size(full, {"K": 8, "D": 64}, 2) is None                                  # inside on both axes
+    tried = full + [{"K": 32, "D": 64}]
+    assert next_size(tried, {"K": 16, "D": 64}, 2) is None                                # bracketed by the extension
+    assert next_size([{"K": 2}, {"K": 4}], {"K": 4}, 2) == {"K": 8}                       # only K swept
+    assert next_size([{"K": 2, "D": 8}, {"K": 4, "D": 8}], {"K": 4, "D": 8}, 4) == {"K": 8, "D": 8}   # D not swept
+    assert next_size([{"D": 4}, {"D": 8}], {"D": 4}, 4) is None                           # D = 2 not a multiple of n_head 4
+    assert next_size([{"K": 1}, {"K": 2}], {"K": 1}, 2) is None                           # nothing below K = 1
 
 
 def test_bootstrap_with_unit_weights_is_the_ratio_of_sums():

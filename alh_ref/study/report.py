@@ -3,6 +3,7 @@ import math
 
 from .data import DOMAINS
 from .measure import position_bins
+from .settings import size_text
 from .summary import fmt_interval
 
 
@@ -76,9 +77,11 @@ def _methods_table(results):
         for p in protos:
             e = results["protocols"][p]["methods"][name]
             if len(e.get("variants") or []) > 1:
-                vals = ", ".join(" ".join(f"{k}={v}" for k, v in sorted(x["alh"].items())) + ": " +
-                                 ("diverged" if x["val"] is None else f"{x['val']:.3f}") for x in e["variants"])
-                lines.append(f"- {name} under {p}, val objective per size (each at its own best lr): {vals}")
+                vals = ", ".join(size_text(x["alh"]) + ": " + ("diverged" if x["val"] is None else f"{x['val']:.3f}")
+                                 + (" (extended)" if x.get("extended") else "") for x in e["variants"])
+                flag = "; **the best size is still on an edge**" if e.get("size_on_edge") else ""
+                lines.append(f"- {name} under {p}, val objective per size (each at its own best lr; sizes past an "
+                             f"edge of the best marked extended): {vals}{flag}")
     return lines + ([""] if lines[-1] != "" else [])
 
 

@@ -33,6 +33,13 @@ STUDY_METHODS = tuple(METHOD_SPECS)
 # alh-householder with one input changed (Claim 4's controls): on the first seed they take the ALH size
 # alh-householder was tuned to (alh_sweep, --full), so that only that input differs
 ALH_CONTROLS = ("alh-householder-prev", "alh-householder-mean", "alh-shuffled")
+SIZE_KEYS = ("K", "D", "R", "n_layer", "n_head")                     # the ALHConfig sizes alh_sweep may set
+
+
+def size_text(size):
+    """An ALH size as a progress line and the report write it: e.g. ``K=16 D=64``."""
+    return " ".join(f"{k}={size[k]}" for k in SIZE_KEYS if k in size)
+
 
 _DEFAULT = {
     "setting": "text",
@@ -133,9 +140,9 @@ def resolve(size="default", setting=None, **overrides):
         if not cfg[k] or min(cfg[k]) <= 0 or list(cfg[k]) != sorted(cfg[k]):
             raise InputError(f"study option {k}={cfg[k]!r}; expected one or more increasing positive values")
     for v in cfg["alh_sweep"]:
-        if not isinstance(v, dict) or not set(v) <= {"K", "D", "R", "n_layer", "n_head"}:
+        if not isinstance(v, dict) or not set(v) <= set(SIZE_KEYS):
             raise InputError(f"study option alh_sweep entry {v!r}; expected a dict of ALHConfig sizes "
-                             "(K, D, R, n_layer, n_head)")
+                             f"({', '.join(SIZE_KEYS)})")
     for k in ("methods", "protocols", "alh_sweep"):
         cfg[k] = list(cfg[k])
     cfg["lrs"], cfg["l2s"], cfg["fractions"] = list(cfg["lrs"]), list(cfg["l2s"]), list(cfg["fractions"])

@@ -112,6 +112,32 @@ def test_next_size_steps_past_the_edge_the_best_size_sits_on():
     assert next_size([{"K": 1}, {"K": 2}], {"K": 1}, 2) is None                           # nothing below K = 1
 
 
+def test_best_size_extends_until_the_edge_closes_the_cap_binds_or_max_extend(monkeypatch):
+    """best_size's rule alone: a fake sweep whose val falls with K, a fake count of 100 K and a cap of
+    1000. From K = 2, 4 it extends to K = 8 (800 trainable); K = 16 (1600) is over the cap and not tried."""
+    from alh_ref.study import units
+    from alh_ref.study.resume import StudyCache
+    monkeypatch.setattr(units, "tune_size", lambda p, s, size, ctx: {"alh": size, "val": 10 / size["K"], "rec": {}})
+    monkeypatch.setattr(units, "size_count", lambda size, ctx: 100 * size["K"])
+    monkeypatch.setattr(units, "size_cap", lambda ctx: 1000)
+
+    def run(max_extend, val=lambda K: 10 / K):
+        cache = StudyCache(None, {}, resume=False)
+        for K in (2, 4):
+            cache.put(units.size_unit("shift", 0, {"K": K}), {"alh": {"K": K}, "val": val(K), "rec": {}})
+        ctx = {"cfg": {"alh_sweep": [{"K": 2}, {"K": 4}], "alh": {"n_head": 2}, "max_extend": max_extend},
+               "cache": cache, "say": lambda msg: None}
+        best, parts, edge = units.best_size("shift", 0, ctx)
+        return best["alh"], [q["alh"]["K"] for q in parts], edge, cache
+
+    best, tried, edge, cache = run(6)
+    assert best == {"K": 8} and tried == [2, 4, 8] and cache.has("shift-alh-householder-0-K8")
+    assert edge == {"alh": {"K": 16}, "n_trainable": 1600, "reason": "cap"}
+    assert run(0)[1:3] == ([2, 4], {"alh": {"K": 8}, "n_trainable": 800, "reason": "max_extend"})
+    best, tried, edge, _ = run(6, val=lambda K: abs(K - 4))          # K = 4 best: K = 8 (val 1.25) brackets it
+    assert best == {"K": 4} and tried == [2, 4, 8] and edge is None
+
+
 def test_bootstrap_with_unit_weights_is_the_ratio_of_sums():
     sums = np.array([[1.0, 2.0], [3.0, 6.0]])                                    # (N=2, S=2)
     cnt = np.array([2.0, 2.0])

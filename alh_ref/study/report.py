@@ -79,7 +79,12 @@ def _methods_table(results):
             if len(e.get("variants") or []) > 1:
                 vals = ", ".join(size_text(x["alh"]) + ": " + ("diverged" if x["val"] is None else f"{x['val']:.3f}")
                                  + (" (extended)" if x.get("extended") else "") for x in e["variants"])
-                flag = "; **the best size is still on an edge**" if e.get("size_on_edge") else ""
+                nx = e.get("size_next")
+                flag = "" if not e.get("size_on_edge") else (
+                    f"; **the best size is still on an edge**: the next, {size_text(nx['alh'])} "
+                    f"({nx['n_trainable']:,} trainable), was not tried: " +
+                    (f"it trains more than the whole base ({e['size_cap']:,}, the cap)" if nx["reason"] == "cap"
+                     else "the extensions reached max_extend"))
                 lines.append(f"- {name} under {p}, val objective per size (each at its own best lr; sizes past an "
                              f"edge of the best marked extended): {vals}{flag}")
     return lines + ([""] if lines[-1] != "" else [])

@@ -168,21 +168,43 @@ def tune_size(p, s, size, ctx):
                 rec=None if got is None else record("alh-householder", got, s, ctx))
 
 
+def size_count(size, ctx):
+    """The trainable count of alh-householder at ALH size overrides ``size`` (built, not trained)."""
+    return counts(build("alh-householder", ctx["base"], ctx["gcfg"], ctx["cfg"], ctx["matched"], 0, alh=size))["n_trainable"]
+
+
+def size_cap(ctx):
+    """The largest trainable count an extended ALH size may have: the whole base's (full-ft's count)."""
+    return counts(build("full-ft", ctx["base"], ctx["gcfg"], ctx["cfg"], ctx["matched"], 0))["n_trainable"]
+
+
 def best_size(p, s, ctx):
     """alh-householder's first-seed choice over its size units, extending the sizes past an open edge.
 
     While the best size (lowest val objective) sits on an edge of the sizes tried (:func:`next_size`),
-    the size past that edge is swept and stored as a size unit too, at most max_extend times.
-    Returns (best, parts, on_edge): the best size's unit, every size's unit in the order tried (the
-    alh_sweep's, then the extensions), and whether the best still sits on an edge.
+    the size past that edge is swept and stored as a size unit too, at most max_extend times, and
+    only while that size trains no more parameters than the whole base (:func:`size_cap`): a
+    hypernetwork larger than the model it adapts is no longer the light adapter ALH proposes, and
+    past it full-ft is the comparison.
+
+    Returns
+    -------
+    best : the best size's unit;  parts : every size's unit in the order tried (the alh_sweep's,
+    then the extensions);  edge : None if the best is inside the sizes tried, else {"alh": the size
+    past the edge, "n_trainable": its count, "reason": "cap" | "max_extend" (why it was not tried)}
     """
     cfg, cache = ctx["cfg"], ctx["cache"]
     parts = [cache.get(size_unit(p, s, v)) for v in cfg["alh_sweep"]]
-    n_head = cfg["alh"]["n_head"]
+    n_head, cap = cfg["alh"]["n_head"], size_cap(ctx)
     while True:
         best = min(parts, key=lambda q: math.inf if q["val"] is None else q["val"])
         nxt = next_size([q["alh"] for q in parts], best["alh"], n_head)
-        if nxt is None or len(parts) - len(cfg["alh_sweep"]) >= cfg["max_extend"]:
+        if nxt is None:
+            edge = None
+            break
+        edge = {"alh": nxt, "n_trainable": size_count(nxt, ctx), "reason": None}
+        if len(parts) - len(cfg["alh_sweep"]) >= cfg["max_extend"] or edge["n_trainable"] > cap:
+            edge["reason"] = "max_extend" if edge["n_trainable"] <= cap else "cap"
             break
         unit = size_unit(p, s, nxt)
         if not cache.has(unit):                                      # kept if an interrupted unit computed it
@@ -192,7 +214,7 @@ def best_size(p, s, ctx):
         parts.append(cache.get(unit))
     if best["rec"] is None:
         raise RunError(f"alh-householder diverged at every learning rate of every size under {p}; expected a stable run")
-    return best, parts, nxt is not None
+    return best, parts, edge
 
 
 def run_method(name, p, si, s, ctx):
@@ -217,13 +239,13 @@ def run_method(name, p, si, s, ctx):
         if got is None:
             raise RunError(f"{name} diverged at every value {sorted(float(v) for v in part['sweep'])} under {p}; "
                            "expected a stable run")
-        variants, size_edge = [{"alh": alh, "val": part["val"]}], None
+        variants = [{"alh": alh, "val": part["val"]}]
         n, rec, frontier = counts(got[0]), record(name, got, s, ctx), part["frontier"]
     entry = P["methods"][name] = method_entry(name, n, cfg, matched)
     entry.update({k: part[k] for k in ("lr", "l2", "tuned", "sweep", "extended", "on_edge")},
                  alh_overrides=part["alh"], variants=variants)
-    if size_edge is not None:
-        entry["size_on_edge"] = size_edge
+    if name == "alh-householder" and cfg["alh_sweep"]:
+        entry.update(size_on_edge=size_edge is not None, size_next=size_edge, size_cap=size_cap(ctx))
     entry["detail"].update(part["alh"])
     P["frontier"][name] = frontier
     return rec

@@ -93,6 +93,29 @@ def test_rewrite_report_reproduces_the_report(micro):
         rewrite_report(out / "missing")
 
 
+def test_methods_table_gives_each_protocol_its_own_alh_size(micro):
+    """--full's size sweep may choose a different ALH size per protocol: the methods table must then show
+    each protocol's size and counts, not the first protocol's for both (the micro run has one size, so
+    the two entries are given two others here)."""
+    import copy
+
+    def methods_row(results, name):
+        section = report_markdown(results).split("## Methods and tuning", 1)[1].split("\n## ", 1)[0]
+        return next(x for x in section.splitlines() if x.startswith(f"| {name} ")).split(" | ")
+
+    res = copy.deepcopy(micro[0])
+    shift, mix = (res["protocols"][p]["methods"]["alh-householder"] for p in ("shift", "mix"))
+    shift["detail"], mix["detail"] = {"D": 4, "K": 2}, {"D": 7, "K": 3}
+    mix["n_trainable"], mix["n_effective"] = shift["n_trainable"] + 11, shift["n_effective"] + 5
+    cells = methods_row(res, "alh-householder")
+    assert cells[0] == "| alh-householder (shift: D=4 K=2; mix: D=7 K=3)"
+    assert cells[1:3] == [f"{shift['n_trainable']:,} / {mix['n_trainable']:,}",
+                          f"{shift['n_effective']:,} / {mix['n_effective']:,}"]
+    same = methods_row(micro[0], "alh-householder")                            # one size for both: one count each
+    e = micro[0]["protocols"]["shift"]["methods"]["alh-householder"]
+    assert same[1:3] == [f"{e['n_trainable']:,}", f"{e['n_effective']:,}"]
+
+
 def test_resolve_rejects_bad_input():
     for kw in ({"size": "nope"}, {"not_a_key": 1}, {"methods": ("none", "bogus")}, {"methods": ("alh-householder",)},
                {"methods": ("none", "embed-ft-l2")}, {"protocols": ("sideways",)}, {"lrs": (1e-2, 1e-3)},

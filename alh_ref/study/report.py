@@ -51,13 +51,27 @@ def _setup(results):
     return lines
 
 
+def _size_cells(results, name):
+    """The method's size label and its trainable / effective counts; per protocol where ALH's own size
+    sweep chose a different size for each (--full), e.g. `` (shift: D=64 K=128; mix: D=128 K=8) | 660,480 / 404,480``."""
+    protos = results["config"]["protocols"]
+    es = [results["protocols"][p]["methods"][name] for p in protos]
+    det = [" ".join(f"{k}={v}" for k, v in e["detail"].items()) or "preset" for e in es]
+    if all((d, e["n_trainable"], e["n_effective"]) == (det[0], es[0]["n_trainable"], es[0]["n_effective"])
+           for d, e in zip(det, es)):
+        label = "".join(f" ({k}={v})" for k, v in es[0]["detail"].items())
+        return f"{label} | {es[0]['n_trainable']:,} | {es[0]['n_effective']:,}"
+    label = " (" + "; ".join(f"{p}: {d}" for p, d in zip(protos, det)) + ")"
+    return (label + " | " + " / ".join(f"{e['n_trainable']:,}" for e in es) + " | "
+            + " / ".join(f"{e['n_effective']:,}" for e in es))
+
+
 def _methods_table(results):
     lines = ["## Methods and tuning", "", "| method | trainable | effective | " +
              " | ".join(f"{p}: chosen (val objective per grid value)" for p in results["config"]["protocols"]) + " |",
              "|---|---|---|" + "---|" * len(results["protocols"])]
     protos = results["config"]["protocols"]
     for name in results["config"]["methods"]:
-        r = results["protocols"][protos[0]]["methods"][name]
         cells = []
         for P in (results["protocols"][p] for p in protos):
             e = P["methods"][name]
@@ -70,9 +84,11 @@ def _methods_table(results):
             flag = (" extended " + ", ".join(f"{v:g}" for v in e["extended"]) if e["extended"] else "") + \
                    (" **on edge**" if e["on_edge"] else "")
             cells.append(f"{e['tuned']} {val:g} ({sw}){flag}")
-        det = "".join(f" ({k}={v})" for k, v in r["detail"].items())
-        lines.append(f"| {name}{det} | {r['n_trainable']:,} | {r['n_effective']:,} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name}{_size_cells(results, name)} | " + " | ".join(cells) + " |")
     lines.append("")
+    if any(" / " in line.split(" | ")[1] for line in lines[4:-1]):
+        lines += ["Where ALH's own size sweep chose a different size per protocol, the size and the counts are given "
+                  "per protocol (" + " / ".join(protos) + ").", ""]
     for name in results["config"]["methods"]:                                  # ALH's own sizes (--full)
         for p in protos:
             e = results["protocols"][p]["methods"][name]

@@ -52,18 +52,19 @@ def _setup(results):
 
 
 def _size_cells(results, name):
-    """The method's size label and its trainable / effective counts; per protocol where ALH's own size
-    sweep chose a different size for each (--full), e.g. `` (shift: D=64 K=128; mix: D=128 K=8) | 660,480 / 404,480``."""
+    """The method's size label and its trainable / effective counts, and whether they are given per protocol:
+    they are where ALH's own size sweep chose a different size for each (--full), e.g.
+    `` (shift: D=64 K=128; mix: D=128 K=8) | 660,480 / 404,480 | 16,384 / 1,024``."""
     protos = results["config"]["protocols"]
     es = [results["protocols"][p]["methods"][name] for p in protos]
     det = [" ".join(f"{k}={v}" for k, v in e["detail"].items()) or "preset" for e in es]
     if all((d, e["n_trainable"], e["n_effective"]) == (det[0], es[0]["n_trainable"], es[0]["n_effective"])
            for d, e in zip(det, es)):
         label = "".join(f" ({k}={v})" for k, v in es[0]["detail"].items())
-        return f"{label} | {es[0]['n_trainable']:,} | {es[0]['n_effective']:,}"
+        return f"{label} | {es[0]['n_trainable']:,} | {es[0]['n_effective']:,}", False
     label = " (" + "; ".join(f"{p}: {d}" for p, d in zip(protos, det)) + ")"
     return (label + " | " + " / ".join(f"{e['n_trainable']:,}" for e in es) + " | "
-            + " / ".join(f"{e['n_effective']:,}" for e in es))
+            + " / ".join(f"{e['n_effective']:,}" for e in es)), True
 
 
 def _methods_table(results):
@@ -71,6 +72,7 @@ def _methods_table(results):
              " | ".join(f"{p}: chosen (val objective per grid value)" for p in results["config"]["protocols"]) + " |",
              "|---|---|---|" + "---|" * len(results["protocols"])]
     protos = results["config"]["protocols"]
+    per_protocol = False
     for name in results["config"]["methods"]:
         cells = []
         for P in (results["protocols"][p] for p in protos):
@@ -84,9 +86,11 @@ def _methods_table(results):
             flag = (" extended " + ", ".join(f"{v:g}" for v in e["extended"]) if e["extended"] else "") + \
                    (" **on edge**" if e["on_edge"] else "")
             cells.append(f"{e['tuned']} {val:g} ({sw}){flag}")
-        lines.append(f"| {name}{_size_cells(results, name)} | " + " | ".join(cells) + " |")
+        size, split = _size_cells(results, name)
+        per_protocol |= split
+        lines.append(f"| {name}{size} | " + " | ".join(cells) + " |")
     lines.append("")
-    if any(" / " in line.split(" | ")[1] for line in lines[4:-1]):
+    if per_protocol:
         lines += ["Where ALH's own size sweep chose a different size per protocol, the size and the counts are given "
                   "per protocol (" + " / ".join(protos) + ").", ""]
     for name in results["config"]["methods"]:                                  # ALH's own sizes (--full)

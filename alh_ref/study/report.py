@@ -57,11 +57,11 @@ def _size_cells(results, name):
     `` (shift: D=64 K=128; mix: D=128 K=8) | 660,480 / 404,480 | 16,384 / 1,024``."""
     protos = results["config"]["protocols"]
     es = [results["protocols"][p]["methods"][name] for p in protos]
-    det = [" ".join(f"{k}={v}" for k, v in e["detail"].items()) or "preset" for e in es]
-    if all((d, e["n_trainable"], e["n_effective"]) == (det[0], es[0]["n_trainable"], es[0]["n_effective"])
-           for d, e in zip(det, es)):
+    if all((e["detail"], e["n_trainable"], e["n_effective"]) == (es[0]["detail"], es[0]["n_trainable"],
+                                                                 es[0]["n_effective"]) for e in es):
         label = "".join(f" ({k}={v})" for k, v in es[0]["detail"].items())
         return f"{label} | {es[0]['n_trainable']:,} | {es[0]['n_effective']:,}", False
+    det = [" ".join(f"{k}={v}" for k, v in e["detail"].items()) or "preset" for e in es]
     label = " (" + "; ".join(f"{p}: {d}" for p, d in zip(protos, det)) + ")"
     return (label + " | " + " / ".join(f"{e['n_trainable']:,}" for e in es) + " | "
             + " / ".join(f"{e['n_effective']:,}" for e in es)), True

@@ -186,3 +186,46 @@ def test_page_faults_benchmark_runs_both_malloc_modes():
     bad = subprocess.run([sys.executable, str(script), "--config", "study", "--threads", "2"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "use --threads 1" in bad.stderr
+
+
+def test_contention_benchmark_reports_the_three_settings():
+    """benchmarks/contention.py times one micro-batch in its three settings and ends with one JSON line whose
+    ratios are those of its medians; a bad count is a one-line usage error with exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "contention.py"
+    out = subprocess.run([sys.executable, str(script), "--config", "tiny", "--rounds", "1", "--calls", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    med = res["ms_median"]
+    assert res["bench"] == "contention" and set(med) == {"alone", "beside_blas", "beside_micro_batch"}
+    assert all(v > 0 for v in med.values())
+    assert res["sharing_ratio"] == pytest.approx(med["beside_blas"] / med["alone"], rel=2e-3, abs=1e-3)   # both rounded to 3 decimals
+    assert res["gil_ratio"] == pytest.approx(med["beside_micro_batch"] / med["beside_blas"], rel=2e-3, abs=1e-3)   # both rounded to 3 decimals
+    bad = subprocess.run([sys.executable, str(script), "--rounds", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "expected positive integers" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_process_split_benchmark_matches_the_thread_split():
+    """benchmarks/process_split.py (the split on a forked process, parameters in shared memory) trains the
+    same parameters as DataParallel's threads; a bad count is a one-line usage error with exit 2."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    if not hasattr(os, "fork"):
+        pytest.skip("no os.fork on this platform: the benchmark's process variant needs it")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "process_split.py"
+    out = subprocess.run([sys.executable, str(script), "--config", "tiny", "--rounds", "2", "--steps", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["bench"] == "process_split" and len(res["per_round"]) == 2
+    assert res["threads_ms_median"] > 0 and res["processes_ms_median"] > 0
+    # Same kernels on the same inputs, summed in the same order (exact on the machines measured); the
+    # processes' arrays sit at other addresses, so allow rounding of 3 AdamW steps rather than demand 0.
+    assert res["max_param_diff"] <= 1e-5
+    bad = subprocess.run([sys.executable, str(script), "--steps", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "expected positive integers" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""The 2-way batch split on two processes (parameters and gradients in shared memory) against two threads.
+
+The figures of docs/performance.md, "Where the second thread's time goes". A design measured, not
+one alh_ref trains with: alh_ref.parallel.DataParallel runs the two micro-batches on two threads of
+one process, so their Python glue takes turns on the GIL. Here the second micro-batch runs in a
+forked process instead, which has its own GIL:
+
+* the parameters live in one anonymous shared mapping (``mmap.MAP_SHARED``), the dict's arrays
+  views of it, so AdamW's in-place update in the parent is what the worker reads on the next step;
+* per step the parent copies the batch into shared memory, writes one byte to a pipe ("go"),
+  computes micro-batch 0 while the worker computes micro-batch 1 and copies its gradients into a
+  second shared mapping, then reads one byte back ("done"), sums the two halves in micro-batch
+  order as DataParallel does (w_k = 1/2: equal halves, no ignored targets) and runs AdamW.
+
+Both variants run in the same process on the same batches, interleaved in ``--rounds`` rounds of
+``--steps`` train steps (forward + backward + AdamW, float32, B = 16, BLAS on one thread per
+micro-batch). Before timing, 3 steps of each from the same initial parameters are compared:
+the same kernels on the same inputs, summed in the same order, so the parameters should agree
+exactly (``max_param_diff`` 0.0). Needs ``os.fork`` (Linux). Read it on an idle machine.
+
+    python benchmarks/process_split.py --config tiny --rounds 8 --steps 30
+
+Prints one line per round and, last, one JSON line ``{"bench": "process_split", ...}`` with
+``thread_over_process`` = (median of the threads' round medians) / (that of the processes').
+"""
+import argparse
+import os
+import sys
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", choices=["tiny", "small"], default="tiny")
+    p.add_argument("--rounds", type=int, default=8, help="rounds of the two variants, interleaved")
+    p.add_argument("--steps", type=int, default=30, help="timed train steps per variant per round")
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.steps < 1:
+        p.error(f"--rounds {args.rounds} and --steps {args.steps}: expected positive integers")
+    if not hasattr(os, "fork"):
+        p.error("this platform has no os.fork: the process variant needs it (Linux)")
+    return args
+
+
+args = parse_args()
+# Before numpy loads: one BLAS thread per micro-batch in both variants (a user's own value loses here).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import json  # noqa: E402
+import mmap  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
+
+from alh_ref.model import CONFIGS, decayed, init_params, param_shapes  # noqa: E402
+from alh_ref.optim import AdamW, AdamWConfig  # noqa: E402
+from alh_ref.parallel import DataParallel, keep_freed_memory  # noqa: E402
+from alh_ref.train import gpt_loss_and_grads, sample_batch  # noqa: E402
+
+B = 16                     # bench_train.py's batch; each variant runs two micro-batches of B / 2
+N_BATCHES = 8              # batches drawn before timing, reused round-robin
+
+
+def shared_arrays(shapes, dtype):
+    """{name: array} of the given shapes, all views of one anonymous shared mapping (kept alive by the views)."""
+    sizes = {n: int(np.prod(s)) * np.dtype(dtype).itemsize for n, s in shapes.items()}
+    buf = mmap.mmap(-1, max(1, sum(sizes.values())), flags=mmap.MAP_SHARED)
+    out, off = {}, 0
+    for n, s in shapes.items():
+        out[n] = np.frombuffer(buf, dtype=dtype, count=int(np.prod(s)), offset=off).reshape(s)   # shape s
+        off += sizes[n]
+    return out
+
+
+def make_opt(params, names):
+    return AdamW(params, names, AdamWConfig(lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
+                                            grad_clip=1.0, warmup_steps=0, total_steps=10**9), decayed)
+
+
+def worker(go, done, params, cfg, x, y, grads_out, loss_out, h):
+    """The forked process: on every "g" byte, micro-batch 1 of the shared batch into the shared gradients."""
+    try:
+        while os.read(go, 1) == b"g":
+            loss, grads = gpt_loss_and_grads(params, cfg, x[h:], y[h:])
+            for n, g in grads.items():
+                np.copyto(grads_out[n], g)
+            loss_out[0] = loss
+            os.write(done, b"d")
+    finally:
+        os._exit(0)                  # never run the parent's cleanup (atexit, buffered output) twice
+
+
+def main(args):
+    keep_freed_memory()                                              # as a DataParallel does
+    cfg = CONFIGS[args.config]
+    T, h = cfg.block_size, B // 2
+    names = list(param_shapes(cfg))
+    init = init_params(cfg, seed=1234, dtype=np.float32)
+    shapes = {n: init[n].shape for n in names}
+    rng = np.random.default_rng(1235)
+    tokens = rng.integers(0, cfg.vocab_size, size=N_BATCHES * B * (T + 1))         # (n,)
+    batches = [sample_batch(tokens, B, T, rng) for _ in range(N_BATCHES)]           # 8 x ((B,T), (B,T))
+
+    p_thr = {n: init[n].copy() for n in names}                     # the threads' parameters
+    p_proc = shared_arrays(shapes, np.float32)                      # the processes' parameters, shared
+    g_work = shared_arrays(shapes, np.float32)                      # the worker's gradients, shared
+    io = shared_arrays({"x": (B, T), "y": (B, T), "loss": (1,)}, np.float64)
+    x_sh, y_sh = (np.frombuffer(io[k], dtype=np.int64).reshape(B, T) for k in ("x", "y"))  # (B,T) int64 views
+    for n in names:
+        np.copyto(p_proc[n], init[n])
+    gpt_loss_and_grads(p_thr, cfg, *(b[:h] for b in batches[0]))   # kernels compiled before the fork
+
+    go_r, go_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_w)
+        os.close(done_r)
+        worker(go_r, done_w, p_proc, cfg, x_sh, y_sh, g_work, io["loss"], h)
+    os.close(go_r)
+    os.close(done_w)
+
+    opt_thr, opt_proc = make_opt(p_thr, names), make_opt(p_proc, names)
+    dp = DataParallel(lambda x, y: gpt_loss_and_grads(p_thr, cfg, x, y), threads=2)
+    half = np.float32(0.5)
+
+    def step_threads(i):
+        x, y = batches[i % N_BATCHES]
+        loss, grads = dp(x, y)
+        opt_thr.step(p_thr, grads)
+        return loss
+
+    def step_processes(i):
+        x, y = batches[i % N_BATCHES]
+        np.copyto(x_sh, x)
+        np.copyto(y_sh, y)
+        os.write(go_w, b"g")
+        loss0, g0 = gpt_loss_and_grads(p_proc, cfg, x_sh[:h], y_sh[:h])
+        if os.read(done_r, 1) != b"d":
+            sys.exit("error: the worker process ended before finishing its micro-batch")
+        grads = {}
+        for n in names:                                              # DataParallel's reduce_weighted, w_k = 1/2
+            acc = g0[n] * half                                       # shape of the parameter
+            acc += g_work[n] * half
+            grads[n] = acc
+        opt_proc.step(p_proc, grads)
+        return 0.5 * loss0 + 0.5 * float(io["loss"][0])
+
+    try:
+        losses = [(step_threads(i), step_processes(i)) for i in range(3)]
+        # Same kernels, same inputs, same order of the sum: the two variants agree exactly.
+        diff = max(float(np.max(np.abs(p_thr[n] - p_proc[n]))) for n in names)
+        print(f"{args.config}: losses of 3 steps {[round(a, 6) for a, _ in losses]} (threads), "
+              f"{[round(b, 6) for _, b in losses]} (processes); max |param difference| {diff}", flush=True)
+        meds = {"threads": [], "processes": []}
+        k = 3
+        for r in range(args.rounds):
+            order = [("threads", step_threads), ("processes", step_processes)]
+            for variant, step in order if r % 2 == 0 else order[::-1]:
+                times = []
+                for _ in range(args.steps):
+                    t0 = time.perf_counter()
+                    step(k)
+                    times.append(time.perf_counter() - t0)
+                    k += 1
+                meds[variant].append(statistics.median(times) * 1e3)
+            print(f"round {r}: threads {meds['threads'][-1]:.2f} ms, processes {meds['processes'][-1]:.2f} ms, "
+                  f"ratio {meds['threads'][-1] / meds['processes'][-1]:.3f}", flush=True)
+    finally:
+        try:
+            os.write(go_w, b"q")                                     # the worker's loop ends on any other byte
+        except BrokenPipeError:                                      # it has already ended
+            pass
+        os.waitpid(pid, 0)
+        dp.close()
+    mt, mp = statistics.median(meds["threads"]), statistics.median(meds["processes"])
+    print(json.dumps({
+        "bench": "process_split", "config": args.config, "rounds": args.rounds, "steps": args.steps,
+        "threads_ms_median": round(mt, 3), "processes_ms_median": round(mp, 3),
+        "thread_over_process": round(mt / mp, 3),
+        "per_round": [round(a / b, 3) for a, b in zip(meds["threads"], meds["processes"])],
+        "max_param_diff": diff, "loadavg_1min": round(os.getloadavg()[0], 2),
+    }))
+
+
+if __name__ == "__main__":
+    main(args)

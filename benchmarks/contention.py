@@ -25,7 +25,6 @@ import os
 import sys
 
 
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", choices=["tiny", "small"], default="tiny")

@@ -10,8 +10,8 @@ forked process instead, which has its own GIL:
   views of it, so AdamW's in-place update in the parent is what the worker reads on the next step;
 * per step the parent copies the batch into shared memory, writes one byte to a pipe ("go"),
   computes micro-batch 0 while the worker computes micro-batch 1 and copies its gradients into a
-  second shared mapping, then reads one byte back ("done"), sums the two halves in micro-batch
-  order as DataParallel does (w_k = 1/2: equal halves, no ignored targets) and runs AdamW.
+  second shared mapping, then reads one byte back ("done"), sums the two halves with
+  DataParallel's own ``reduce_weighted`` (w_k = 1/2: equal halves, no ignored targets), runs AdamW.
 
 Both variants run in the same process on the same batches, interleaved in ``--rounds`` rounds of
 ``--steps`` train steps (forward + backward + AdamW, float32, B = 16, BLAS on one thread per
@@ -58,7 +58,7 @@ import numpy as np  # noqa: E402
 
 from alh_ref.model import CONFIGS, decayed, init_params, param_shapes  # noqa: E402
 from alh_ref.optim import AdamW, AdamWConfig  # noqa: E402
-from alh_ref.parallel import DataParallel, keep_freed_memory  # noqa: E402
+from alh_ref.parallel import DataParallel, keep_freed_memory, reduce_weighted  # noqa: E402
 from alh_ref.train import gpt_loss_and_grads, sample_batch  # noqa: E402
 
 B = 16                     # bench_train.py's batch; each variant runs two micro-batches of B / 2
@@ -108,8 +108,9 @@ def main(args):
     p_thr = {n: init[n].copy() for n in names}                     # the threads' parameters
     p_proc = shared_arrays(shapes, np.float32)                      # the processes' parameters, shared
     g_work = shared_arrays(shapes, np.float32)                      # the worker's gradients, shared
-    io = shared_arrays({"x": (B, T), "y": (B, T), "loss": (1,)}, np.float64)
-    x_sh, y_sh = (np.frombuffer(io[k], dtype=np.int64).reshape(B, T) for k in ("x", "y"))  # (B,T) int64 views
+    batch_sh = shared_arrays({"x": (B, T), "y": (B, T)}, np.int64)   # the step's batch, shared
+    x_sh, y_sh = batch_sh["x"], batch_sh["y"]                       # (B,T), (B,T) int64
+    loss_sh = shared_arrays({"loss": (1,)}, np.float64)["loss"]     # (1,): the worker's loss
     for n in names:
         np.copyto(p_proc[n], init[n])
     gpt_loss_and_grads(p_thr, cfg, *(b[:h] for b in batches[0]))   # kernels compiled before the fork
@@ -120,13 +121,12 @@ def main(args):
     if pid == 0:
         os.close(go_w)
         os.close(done_r)
-        worker(go_r, done_w, p_proc, cfg, x_sh, y_sh, g_work, io["loss"], h)
+        worker(go_r, done_w, p_proc, cfg, x_sh, y_sh, g_work, loss_sh, h)
     os.close(go_r)
     os.close(done_w)
 
     opt_thr, opt_proc = make_opt(p_thr, names), make_opt(p_proc, names)
     dp = DataParallel(lambda x, y: gpt_loss_and_grads(p_thr, cfg, x, y), threads=2)
-    half = np.float32(0.5)
 
     def step_threads(i):
         x, y = batches[i % N_BATCHES]
@@ -142,13 +142,10 @@ def main(args):
         loss0, g0 = gpt_loss_and_grads(p_proc, cfg, x_sh[:h], y_sh[:h])
         if os.read(done_r, 1) != b"d":
             sys.exit("error: the worker process ended before finishing its micro-batch")
-        grads = {}
-        for n in names:                                              # DataParallel's reduce_weighted, w_k = 1/2
-            acc = g0[n] * half                                       # shape of the parameter
-            acc += g_work[n] * half
-            grads[n] = acc
+        # DataParallel's own sum, w_k = 1/2 (equal halves, no ignored targets)
+        loss, grads = reduce_weighted([(loss0, g0), (float(loss_sh[0]), g_work)], [0.5, 0.5])
         opt_proc.step(p_proc, grads)
-        return 0.5 * loss0 + 0.5 * float(io["loss"][0])
+        return loss
 
     try:
         losses = [(step_threads(i), step_processes(i)) for i in range(3)]

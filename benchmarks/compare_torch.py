@@ -8,10 +8,15 @@ same --steps and --threads, and reads the JSON line each prints last. The machin
 medians over the rounds: ratio = median(alh_ref tok/s) / median(torch tok/s)  (> 1: alh_ref faster).
 Each round also runs ``bench_alh.py`` (the ALH train step against the base step, in one process),
 unless --no-alh: alh_ratio = median over rounds of (ALH ms / base ms) per ALH method (< 1.3: goal).
+Each run also records the CPU steal time while it ran (Linux /proc/stat: the share of the machine's
+CPU time the hypervisor gave to other guests), printed per round and listed per config in the JSON:
+on a virtual machine a busy host is invisible to --wait-idle, and a round with a few percent of
+steal is a noisy round. --retry-steal PCT runs such a timing again (the same rule for both sides).
 
 Usage:
   python benchmarks/compare_torch.py [--config tiny|small|all] [--rounds 3] [--steps 30] [--threads 2]
                                      [--torch-python PATH] [--anchor PATH] [--wait-idle SECONDS] [--no-alh]
+                                     [--retry-steal PCT]
 
 The torch Python is --torch-python, else $ALH_TORCH_PYTHON, else $HOME/torch-venv/bin/python
 (set it up with: python3 -m venv $HOME/torch-venv && $HOME/torch-venv/bin/pip install torch==2.13.0 numpy).
@@ -50,34 +55,76 @@ def parse_args(argv=None):
     p.add_argument("--split", choices=["on", "off"], default="on",
                    help="passed to bench_train.py: on = micro-batches on --threads threads (default), off = one call")
     p.add_argument("--no-alh", action="store_true", help="skip bench_alh.py (the ALH step vs the base step)")
+    p.add_argument("--retry-steal", type=float, default=None, metavar="PCT",
+                   help="run a timing again (at most twice) when more than PCT%% of the CPU time was stolen "
+                        "while it ran (Linux); the last try counts, and the JSON counts the retries")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.steps < 1 or args.threads < 1:
         p.error("--rounds, --steps and --threads must be >= 1")
+    if args.retry_steal is not None and not 0 <= args.retry_steal < 100:
+        p.error(f"--retry-steal {args.retry_steal}: expected a percentage in [0, 100)")
     return args
 
 
+def cpu_jiffies():
+    """The first line of /proc/stat: user nice system idle iowait irq softirq steal ... (Linux; None elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_pct(before, after):
+    """Percent of the CPU time between two cpu_jiffies() snapshots that the hypervisor gave to other guests."""
+    if before is None or after is None or len(before) < 8:
+        return None
+    d = [b - a for a, b in zip(before[:8], after[:8])]     # the first 8 fields; guest time is inside user
+    return round(100.0 * d[7] / max(1, sum(d)), 1)
+
+
 def run_json(cmd, timeout):
-    """Run ``cmd``; return the JSON object on its last stdout line (RuntimeError with stderr if none)."""
+    """Run ``cmd``; return the JSON object on its last stdout line (RuntimeError with stderr if none).
+
+    Adds ``steal_pct``: the share of the machine's CPU time that was stolen (given by the hypervisor to
+    other guests) while it ran, None where /proc/stat is missing. A virtual machine whose host is busy
+    looks idle from inside, and ``--wait-idle`` cannot see it; its rounds show up as steal instead.
+    """
+    j0 = cpu_jiffies()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    j1 = cpu_jiffies()
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    return json.loads(lines[-1])
+    out = json.loads(lines[-1])
+    out["steal_pct"] = steal_pct(j0, j1)
+    return out
+
+
+def timed_run(cmd, args):
+    """run_json(cmd) after wait_idle; again, at most twice, while its steal_pct exceeds --retry-steal.
+
+    The same rule for every run of both sides, set before any result is seen; the result carries
+    ``started_idle`` and ``steal_retries`` (how many earlier tries were dropped for steal).
+    """
+    for tries in range(3 if args.retry_steal is not None else 1):
+        idle = wait_idle(args.wait_idle)
+        out = run_json(cmd, args.timeout)
+        out["started_idle"], out["steal_retries"] = idle, tries
+        if args.retry_steal is None or out["steal_pct"] is None or out["steal_pct"] <= args.retry_steal:
+            break
+    return out
 
 
 def idle_fraction(seconds=1.0):
     """Fraction of CPU time all cores spent idle over the next ``seconds`` (Linux /proc/stat; None elsewhere)."""
-    def snapshot():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return v[3] + v[4], sum(v)                          # idle + iowait, total jiffies
-    try:
-        i0, t0 = snapshot()
-        time.sleep(seconds)
-        i1, t1 = snapshot()
-    except OSError:
+    v0 = cpu_jiffies()
+    time.sleep(seconds)
+    v1 = cpu_jiffies()
+    if v0 is None or v1 is None:
         return None
-    return (i1 - i0) / max(1, t1 - t0)
+    d = [b - a for a, b in zip(v0, v1)]
+    return (d[3] + d[4]) / max(1, sum(d))                  # idle + iowait over all jiffies
 
 
 def wait_idle(max_wait):
@@ -128,28 +175,27 @@ def main():
     runs = {c: {"alh_ref": [], "torch": [], "alh": []} for c in configs}
     for r in range(args.rounds):
         for c in configs:
-            a_idle = wait_idle(args.wait_idle)
-            a = run_json([sys.executable, str(HERE / "bench_train.py"), "--config", c, *common, "--split", args.split],
-                         args.timeout)
-            a["started_idle"] = a_idle
+            a = timed_run([sys.executable, str(HERE / "bench_train.py"), "--config", c, *common, "--split", args.split],
+                          args)
             runs[c]["alh_ref"].append(a)
             line = f"round {r + 1}/{args.rounds} {c:5s}  alh_ref {a['train_tok_s']:>9.1f} tok/s ({a['train_ms_median']:.2f} ms)"
             if have_torch:
-                b_idle = wait_idle(args.wait_idle)
-                b = run_json([args.torch_python, args.anchor, "--config", c, *common], args.timeout)
-                b["started_idle"] = b_idle
+                b = timed_run([args.torch_python, args.anchor, "--config", c, *common], args)
                 runs[c]["torch"].append(b)
                 line += (f"  torch {b['train_tok_s']:>9.1f} tok/s ({b['train_ms_median']:.2f} ms)"
                          f"  ratio {a['train_tok_s'] / b['train_tok_s']:.2f}")
             if not args.no_alh:
-                wait_idle(args.wait_idle)
-                h = run_json([sys.executable, str(HERE / "bench_alh.py"), "--config", c, "--steps", str(args.steps),
-                              "--threads", str(args.threads)], args.timeout)
+                h = timed_run([sys.executable, str(HERE / "bench_alh.py"), "--config", c, "--steps", str(args.steps),
+                               "--threads", str(args.threads)], args)
                 runs[c]["alh"].append(h)
                 line += "  ALH/base " + " ".join(f"{k.removeprefix('alh-')} {v:.2f}" for k, v in h["ratio_vs_base"].items())
             if args.wait_idle > 0:
                 line += "  [started idle: " + " ".join(str(x[-1]["started_idle"])
                                                        for k, x in runs[c].items() if x and k != "alh") + "]"
+            line += "  [steal %: " + " ".join(str(x[-1]["steal_pct"]) for k, x in runs[c].items() if x and k != "alh") + "]"
+            retried = sum(x[-1]["steal_retries"] for x in runs[c].values() if x)
+            if retried:
+                line += f"  [{retried} tries dropped for steal]"
             print(line, flush=True)
 
     results = {}
@@ -172,6 +218,9 @@ def main():
                               if runs[c]["alh"] else None),
             runs_started_idle=(sum(x["started_idle"] for x in runs[c]["alh_ref"] + runs[c]["torch"])
                                if args.wait_idle > 0 else None),
+            alh_ref_steal_pct_rounds=[x["steal_pct"] for x in runs[c]["alh_ref"]],
+            torch_steal_pct_rounds=[x["steal_pct"] for x in runs[c]["torch"]],
+            runs_retried_for_steal=sum(x["steal_retries"] for k in ("alh_ref", "torch", "alh") for x in runs[c][k]),
         )
     load_after = os.getloadavg()
 
@@ -186,7 +235,8 @@ def main():
         h = "-" if not v["alh_ratio"] else f"{v['alh_ratio'].get('alh-householder', float('nan')):.2f}"
         print(f"| {c} | {v['alh_ref_tok_s']:.0f} | {t} | {q} | {h} |")
     print(json.dumps({"bench": "alh_ref_vs_torch", "threads": args.threads, "split": args.split, "steps": args.steps,
-                      "rounds": args.rounds, "torch": torch_info if have_torch else None,
+                      "rounds": args.rounds, "retry_steal_pct": args.retry_steal,
+                      "torch": torch_info if have_torch else None,
                       "torch_skipped_reason": None if have_torch else torch_info,
                       "cpu": cpu_info(), "blas": runs[configs[0]]["alh_ref"][0].get("blas"),
                       "loadavg_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],

@@ -24,19 +24,14 @@ exactly (``max_param_diff`` 0.0). Needs ``os.fork`` (Linux). Read it on an idle 
 Prints one line per round and, last, one JSON line ``{"bench": "process_split", ...}`` with
 ``thread_over_process`` = (median of the threads' round medians) / (that of the processes').
 """
-import argparse
 import os
 import sys
 
+from interleave import interleaved_rounds, parse_round_args, same_training  # benchmarks/interleave.py
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", choices=["tiny", "small"], default="tiny")
-    p.add_argument("--rounds", type=int, default=8, help="rounds of the two variants, interleaved")
-    p.add_argument("--steps", type=int, default=30, help="timed train steps per variant per round")
-    args = p.parse_args(argv)
-    if args.rounds < 1 or args.steps < 1:
-        p.error(f"--rounds {args.rounds} and --steps {args.steps}: expected positive integers")
+    p, args = parse_round_args(__doc__.splitlines()[0], argv)
     if not hasattr(os, "fork"):
         p.error("this platform has no os.fork: the process variant needs it (Linux)")
     return args
@@ -50,7 +45,6 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import json  # noqa: E402
 import mmap  # noqa: E402
 import statistics  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -148,25 +142,10 @@ def main(args):
         return loss
 
     try:
-        losses = [(step_threads(i), step_processes(i)) for i in range(3)]
+        variants = [("threads", "threads", step_threads), ("processes", "processes", step_processes)]
         # Same kernels, same inputs, same order of the sum: the two variants agree exactly.
-        diff = max(float(np.max(np.abs(p_thr[n] - p_proc[n]))) for n in names)
-        print(f"{args.config}: losses of 3 steps {[round(a, 6) for a, _ in losses]} (threads), "
-              f"{[round(b, 6) for _, b in losses]} (processes); max |param difference| {diff}", flush=True)
-        meds = {"threads": [], "processes": []}
-        k = 3
-        for r in range(args.rounds):
-            order = [("threads", step_threads), ("processes", step_processes)]
-            for variant, step in order if r % 2 == 0 else order[::-1]:
-                times = []
-                for _ in range(args.steps):
-                    t0 = time.perf_counter()
-                    step(k)
-                    times.append(time.perf_counter() - t0)
-                    k += 1
-                meds[variant].append(statistics.median(times) * 1e3)
-            print(f"round {r}: threads {meds['threads'][-1]:.2f} ms, processes {meds['processes'][-1]:.2f} ms, "
-                  f"ratio {meds['threads'][-1] / meds['processes'][-1]:.3f}", flush=True)
+        diff = same_training(variants, (p_thr, p_proc), names, args.config)
+        meds = interleaved_rounds(variants, args.rounds, args.steps, first_step=3)
     finally:
         try:
             os.write(go_w, b"q")                                     # the worker's loop ends on any other byte

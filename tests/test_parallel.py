@@ -161,71 +161,81 @@ def test_keep_freed_memory_leaves_a_user_setting_alone():
     assert out.stdout.split() == ["False", "False"]
 
 
+def _bench(script, *args, timeout=300):
+    """Run benchmarks/<script> with this Python; the finished process (stdout, stderr, returncode)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    return subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _bench_json(script, *args):
+    """The JSON line a benchmark prints last, after checking that it exited 0."""
+    out = _bench(script, *args)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _assert_usage_error(script, *args, msg="expected positive integers"):
+    bad = _bench(script, *args, timeout=60)
+    assert bad.returncode == 2 and msg in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_page_faults_benchmark_runs_both_malloc_modes():
     """benchmarks/page_faults.py runs one process per mode: mallopt is set only in the "kept" one, and the
     two train the same model to the same loss (the same maths; malloc's settings move no number)."""
     import ctypes
-    import subprocess
-    import sys
-    from pathlib import Path
     try:
         ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):
         pytest.skip("this C library has no mallopt: keep_freed_memory changes nothing here")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "page_faults.py"
-    out = subprocess.run([sys.executable, str(script), "--config", "study", "--steps", "4", "--warmup", "2",
-                          "--rounds", "1"], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res = _bench_json("page_faults.py", "--config", "study", "--steps", "4", "--warmup", "2", "--rounds", "1")
     assert res["bench"] == "page_faults" and set(res["median"]) == {"default", "kept"}
     default, kept = res["runs"]["default"][0], res["runs"]["kept"][0]
     assert (default["kept"], kept["kept"]) == (False, True)
     # same inputs and code, but another allocation history (buffer addresses and alignment): rounding at most
     assert abs(default["loss_last"] - kept["loss_last"]) <= 1e-3
     assert all(r[k] >= 0 for r in (default, kept) for k in ("faults_per_step", "cpu_ms_per_step", "wall_ms_per_step"))
-    bad = subprocess.run([sys.executable, str(script), "--config", "study", "--threads", "2"],
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "use --threads 1" in bad.stderr
+    _assert_usage_error("page_faults.py", "--config", "study", "--threads", "2", msg="use --threads 1")
 
 
 def test_contention_benchmark_reports_the_three_settings():
     """benchmarks/contention.py times one micro-batch in its three settings and ends with one JSON line whose
     ratios are those of its medians; a bad count is a one-line usage error with exit 2."""
-    import subprocess
-    import sys
-    from pathlib import Path
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "contention.py"
-    out = subprocess.run([sys.executable, str(script), "--config", "tiny", "--rounds", "1", "--calls", "2"],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res = _bench_json("contention.py", "--config", "tiny", "--rounds", "1", "--calls", "2")
     med = res["ms_median"]
     assert res["bench"] == "contention" and set(med) == {"alone", "beside_blas", "beside_micro_batch"}
     assert all(v > 0 for v in med.values())
     assert res["sharing_ratio"] == pytest.approx(med["beside_blas"] / med["alone"], rel=2e-3, abs=1e-3)   # both rounded to 3 decimals
     assert res["gil_ratio"] == pytest.approx(med["beside_micro_batch"] / med["beside_blas"], rel=2e-3, abs=1e-3)   # both rounded to 3 decimals
-    bad = subprocess.run([sys.executable, str(script), "--rounds", "0"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "expected positive integers" in bad.stderr and "Traceback" not in bad.stderr
+    _assert_usage_error("contention.py", "--rounds", "0")
 
 
 def test_process_split_benchmark_matches_the_thread_split():
     """benchmarks/process_split.py (the split on a forked process, parameters in shared memory) trains the
     same parameters as DataParallel's threads; a bad count is a one-line usage error with exit 2."""
     import os
-    import subprocess
-    import sys
-    from pathlib import Path
     if not hasattr(os, "fork"):
         pytest.skip("no os.fork on this platform: the benchmark's process variant needs it")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "process_split.py"
-    out = subprocess.run([sys.executable, str(script), "--config", "tiny", "--rounds", "2", "--steps", "1"],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res = _bench_json("process_split.py", "--config", "tiny", "--rounds", "2", "--steps", "1")
     assert res["bench"] == "process_split" and len(res["per_round"]) == 2
     assert res["threads_ms_median"] > 0 and res["processes_ms_median"] > 0
     # Same kernels on the same inputs, summed in the same order (exact on the machines measured); the
     # processes' arrays sit at other addresses, so allow rounding of 3 AdamW steps rather than demand 0.
     assert res["max_param_diff"] <= 1e-5
-    bad = subprocess.run([sys.executable, str(script), "--steps", "0"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "expected positive integers" in bad.stderr and "Traceback" not in bad.stderr
+    _assert_usage_error("process_split.py", "--steps", "0")
+
+
+def test_parallel_tail_benchmark_trains_what_the_serial_tail_trains():
+    """benchmarks/parallel_tail.py (the gradient sum, norm and AdamW split over the two threads) trains the
+    same parameters as the serial tail; a bad count is a one-line usage error with exit 2."""
+    res = _bench_json("parallel_tail.py", "--config", "tiny", "--rounds", "2", "--steps", "1")
+    assert res["bench"] == "parallel_tail" and len(res["per_round"]) == 2
+    assert res["serial_ms_median"] > 0 and res["split_ms_median"] > 0
+    # The same kernels on the same inputs, every sum in the same order (the norm's per-tensor sums of
+    # squares added in name order, as AdamW.step adds them): 0.0 on the machines measured. The two
+    # variants allocate differently, and a vector loop's split may follow an array's alignment, so allow
+    # the rounding of 3 AdamW steps rather than demand 0; a tensor summed or updated wrongly moves by ~1e-3.
+    assert res["max_param_diff"] <= 1e-5
+    _assert_usage_error("parallel_tail.py", "--rounds", "0")

@@ -28,13 +28,15 @@ import sys
 import time
 from pathlib import Path
 
-CONFIG_DIMS = {"tiny": dict(V=512, T=64, C=64, L=2, B=16), "small": dict(V=2048, T=128, C=128, L=4, B=16)}
+B = 16                     # bench_train.py's batch; a micro-batch at --threads 2 is B / 2 sequences
 
 
 def shapes(config):
     """[(label, M, K, N, transpose_a, transpose_b, count)]: out (M,N) = op(a) @ op(b), `count` times a micro-batch."""
-    d = CONFIG_DIMS[config]
-    rows, C, V, L = d["B"] // 2 * d["T"], d["C"], d["V"], d["L"]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from alh_ref.model import CONFIGS
+    cfg = CONFIGS[config]
+    rows, C, V, L = B // 2 * cfg.block_size, cfg.n_embd, cfg.vocab_size, cfg.n_layer
     out = []
     for name, cin, cout in (("c_attn", C, 3 * C), ("attn.c_proj", C, C), ("c_fc", C, 4 * C), ("mlp.c_proj", 4 * C, C)):
         out += [(f"{name} forward", rows, cin, cout, False, False, L),
@@ -45,7 +47,7 @@ def shapes(config):
     return out
 
 
-def worker(backend, config, reps):
+def worker(backend, shape_list, reps):
     """Time every shape (median of 7 batches of `reps` calls, after a warm-up); print {label: us} as JSON."""
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
@@ -55,7 +57,7 @@ def worker(backend, config, reps):
         import torch
         torch.set_num_threads(1)
     res = {}
-    for label, M, K, N, ta, tb, _ in shapes(config):
+    for label, M, K, N, ta, tb, _ in shape_list:
         a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)       # stored (K,M) when passed as a^T
         b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)       # stored (N,K) when passed as b^T
         o = np.empty((M, N), dtype=np.float32)                                    # (M,N)
@@ -82,8 +84,8 @@ def worker(backend, config, reps):
     print(json.dumps(res))
 
 
-def run_worker(python, backend, args):
-    cmd = [python, __file__, "--worker", backend, "--config", args.config, "--reps", str(args.reps)]
+def run_worker(python, backend, args, shape_list):
+    cmd = [python, __file__, "--worker", backend, "--shapes", json.dumps(shape_list), "--reps", str(args.reps)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     lines = p.stdout.strip().splitlines()
     if p.returncode != 0 or not lines:
@@ -93,7 +95,7 @@ def run_worker(python, backend, args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", choices=sorted(CONFIG_DIMS), default="tiny")
+    ap.add_argument("--config", choices=["tiny", "small"], default="tiny")
     ap.add_argument("--rounds", type=int, default=5,
                     help="rounds, each one NumPy and one torch worker, in alternating order")
     ap.add_argument("--reps", type=int, default=100, help="calls per timed batch in a worker")
@@ -101,19 +103,21 @@ def main(argv=None):
                     default=os.environ.get("ALH_TORCH_PYTHON", str(Path.home() / "torch-venv" / "bin" / "python")),
                     help="Python of the torch venv (default $ALH_TORCH_PYTHON or ~/torch-venv/bin/python)")
     ap.add_argument("--worker", choices=["numpy", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--shapes", help=argparse.SUPPRESS)    # a worker's shape list, JSON (it may lack alh_ref)
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.reps < 1:
         ap.error(f"--rounds {args.rounds} and --reps {args.reps}: expected positive integers")
     if args.worker:
-        return worker(args.worker, args.config, args.reps)
+        return worker(args.worker, json.loads(args.shapes) if args.shapes else shapes(args.config), args.reps)
     if not Path(args.torch_python).exists():
         ap.error(f"--torch-python {args.torch_python}: no such file (expected the Python of a venv with torch)")
-    counts = {s[0]: s[6] for s in shapes(args.config)}
+    shape_list = shapes(args.config)
+    counts = {s[0]: s[6] for s in shape_list}
     per = {"numpy": [], "torch": []}
     for r in range(args.rounds):
         order = [("numpy", sys.executable), ("torch", args.torch_python)]
         for backend, py in order if r % 2 == 0 else order[::-1]:
-            per[backend].append(run_worker(py, backend, args))
+            per[backend].append(run_worker(py, backend, args, shape_list))
         tot = {b: sum(per[b][-1][k] * c for k, c in counts.items()) / 1e3 for b in per}   # ms per micro-batch
         print(f"round {r}: numpy {tot['numpy']:.3f} ms, torch {tot['torch']:.3f} ms per micro-batch, "
               f"ratio {tot['numpy'] / tot['torch']:.3f}", flush=True)

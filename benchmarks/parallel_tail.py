@@ -84,6 +84,7 @@ def main(args):
             grads, sumsq = {}, {}
 
             def reduce_half(part):              # the weighted sum of these tensors, and their sums of squares
+                # DataParallel's own sum, w_k = 1/2 (equal halves, no ignored targets)
                 loss, g = reduce_weighted([(lk, {n: gk[n] for n in part}) for lk, gk in results], [0.5, 0.5])
                 grads.update(g)
                 sumsq.update({n: _sumsq_kernel(g[n].reshape(-1)) for n in part})

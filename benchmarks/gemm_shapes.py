@@ -11,7 +11,8 @@ matmuls, with the transposes passed as views (no copies), as alh_ref.ops.linear 
 
 Each round runs this script twice as a worker, ``--backend numpy`` under this Python and ``--backend
 torch`` under --torch-python (``torch.matmul(a, b, out=o)`` on the same shapes, 1 thread), in
-alternating order; each worker prints the median time of every shape. The figure is, per shape and for
+alternating order; each worker gets the shape list (from alh_ref.model.CONFIGS) as JSON, so the torch
+venv needs no alh_ref, and prints the median time of every shape. The figure is, per shape and for
 the sum over the micro-batch, median over rounds of the NumPy time / the torch time (> 1: torch's BLAS
 faster). Read it on an idle machine.
 

@@ -83,18 +83,19 @@ def global_grad_norm_ref(grads, names):
 
 
 @kernel
-def _adamw_kernel(p, g, m, v, lr, b1, b2, eps, wd, bc1, bc2, gscale):
+def _adamw_kernel(p, g, m, v, lr, b1, b2, eps, wd, inv_bc1, inv_sqrt_bc2, gscale):
     """One AdamW update of one tensor in place, rounded once into p, m, v.
 
-    p, g, m, v: (n,) flat views of one tensor; scalars float64; bc1 = 1 - b1^t, bc2 = 1 - b2^t.
-    p <- p - lr (m / bc1 / (sqrt(v / bc2) + eps) + wd p), written as m (1/bc1) / (sqrt(v) (1/sqrt(bc2)) + eps)
+    p, g, m, v: (n,) flat views of one tensor; scalars float64; inv_bc1 = 1 / (1 - b1^t),
+    inv_sqrt_bc2 = 1 / sqrt(1 - b2^t) (reciprocals from the caller: a ``1 / bc1`` in here would be
+    folded by LLVM, under ``reassoc``, into a float64 division per element).
+    p <- p - lr (m / bc1 / (sqrt(v / bc2) + eps) + wd p), written as m inv_bc1 / (sqrt(v) inv_sqrt_bc2 + eps)
     so the loop has one sqrt and one division per element (the two slow vector instructions). The
     moments and the update are float64; the ratio m-hat / (sqrt(v-hat) + eps) is formed in p's dtype
     ``f`` (float32 for a float32 model: its sqrt and division run at twice the SIMD width).
     """
     f = p.dtype.type
-    inv_bc1 = 1.0 / bc1
-    inv_sqrt_bc2 = f(1.0 / np.sqrt(bc2))
+    isb2 = f(inv_sqrt_bc2)
     eps_f = f(eps)
     for i in range(p.shape[0]):
         gi = g[i] * gscale
@@ -102,7 +103,7 @@ def _adamw_kernel(p, g, m, v, lr, b1, b2, eps, wd, bc1, bc2, gscale):
         vi = b2 * v[i] + (1.0 - b2) * gi * gi
         m[i] = mi
         v[i] = vi
-        ratio = f(mi * inv_bc1) / (np.sqrt(f(vi)) * inv_sqrt_bc2 + eps_f)
+        ratio = f(mi * inv_bc1) / (np.sqrt(f(vi)) * isb2 + eps_f)
         pi = np.float64(p[i])
         p[i] = pi - lr * (ratio + wd * pi)
 
@@ -138,7 +139,7 @@ def adamw_update_fast(p, g, m, v, lr, b1, b2, eps, wd, t, gscale=1.0):
     p, m, v must be C-contiguous (they are updated through flat views).
     """
     _adamw_kernel(p.reshape(-1), np.ascontiguousarray(g).reshape(-1), m.reshape(-1), v.reshape(-1),
-                  lr, b1, b2, eps, wd, 1.0 - b1 ** t, 1.0 - b2 ** t, gscale)
+                  lr, b1, b2, eps, wd, 1.0 / (1.0 - b1 ** t), 1.0 / math.sqrt(1.0 - b2 ** t), gscale)
 
 
 adamw_update = dispatch(adamw_update_fast, adamw_update_ref)

@@ -55,7 +55,7 @@ from alh_ref.ops import (attention_backward_fast, attention_backward_ref, attent
                          layernorm_forward_ref, softmax_cross_entropy_backward_fast,
                          softmax_cross_entropy_backward_ref, softmax_cross_entropy_forward_fast,
                          softmax_cross_entropy_forward_ref, softmax_ref)
-from alh_ref.ops._jit import fexp, rowmax
+from alh_ref.ops._jit import fexp, rescale, rowmax
 from alh_ref.optim import adamw_update_fast, adamw_update_ref
 
 F64 = dict(rtol=1e-12, atol=1e-12)
@@ -255,6 +255,19 @@ def test_rowmax_every_tail_length(dtype):
         assert rowmax(x, n) == -np.inf
     x = rng.standard_normal(2048).astype(dtype)                                   # (2048,) a long row
     assert rowmax(x, 2048) == x.max()           # max is exact: equal on every CPU
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rescale_multiplies_the_first_n(dtype):
+    """rescale(x, n, c): x[:n] * c, entry by entry, and x[n:] untouched, for every n up to 2*16+1."""
+    rng = np.random.default_rng(1)
+    for n in range(0, 34):
+        x = rng.standard_normal(n + 5).astype(dtype)                              # (n+5,)
+        c = dtype(1.0) / dtype(rng.random() + 0.5)
+        want = x.copy()                                                           # (n+5,)
+        want[:n] = x[:n] * c
+        rescale(x, n, c)
+        np.testing.assert_array_equal(x, want)   # exact: one IEEE multiply per entry, the same on every CPU
 
 
 # ----------------------------------------------------------------------------------------------

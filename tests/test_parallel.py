@@ -8,7 +8,7 @@ from alh_ref.alh import ALHConfig
 from alh_ref.alh.methods import make_method
 from alh_ref.errors import InputError
 from alh_ref.model import GPTConfig, gpt_backward, gpt_forward, init_params
-from alh_ref.parallel import DataParallel, counted_targets, resolve_threads, split_sizes
+from alh_ref.parallel import DataParallel, blas_limit, counted_targets, reduce_weighted, resolve_threads, split_sizes
 
 from tolerances import assert_ulp_close
 
@@ -121,6 +121,51 @@ def test_parallel_is_reproducible():
     assert a[0] == b[0]                           # exact: same micro-batches, summed in the same fixed order
     for name in a[1]:
         np.testing.assert_array_equal(a[1][name], b[1][name])
+
+
+def test_the_wrapped_function_s_gradients_are_not_written():
+    """The micro-batch gradients are read, never written: what the wrapped function returned stays as it was."""
+    returned = []
+
+    def f(x, y):
+        g = {"g": np.full(3, float(x.shape[0])), "h": np.arange(2.0) + x[0, 0]}
+        returned.append((g, {n: a.copy() for n, a in g.items()}))
+        return 1.0, g
+    x, y = _batch(5)
+    with DataParallel(f, 2) as step:
+        loss, grads = step(x, y)
+    assert len(returned) == 2
+    for g, before in returned:
+        for n in g:
+            np.testing.assert_array_equal(g[n], before[n])   # exact: nothing may have written these arrays
+            assert not np.shares_memory(g[n], grads[n])
+
+
+def test_reduce_weighted_is_the_weighted_sum():
+    """reduce_weighted against the float64 formula sum_k w_k x_k, for the loss and every gradient."""
+    rng = np.random.default_rng(15)
+    results = [(float(rng.random()), {"a": rng.standard_normal((3, 2)), "b": rng.standard_normal(4)}) for _ in range(3)]
+    weights = [0.2, 0.5, 0.3]
+    loss, grads = reduce_weighted(results, weights)
+    assert_ulp_close(np.float64(loss), np.float64(sum(w * lk for w, (lk, _) in zip(weights, results))), 4, "loss")
+    for n in ("a", "b"):
+        assert_ulp_close(grads[n], sum(w * gk[n] for w, (_, gk) in zip(weights, results)), 4, n)
+
+
+def test_blas_limit_sets_and_restores_the_thread_count():
+    """NumPy's BLAS (the one every matmul of the step calls) runs on n threads inside the block, as before after it."""
+    from threadpoolctl import threadpool_info
+
+    def counts():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+    before = counts()
+    assert before
+    with blas_limit(1):
+        assert all(c == 1 for c in counts())
+        with blas_limit(2):
+            assert all(c == 2 for c in counts())
+        assert all(c == 1 for c in counts())
+    assert counts() == before
 
 
 def test_helpers():
@@ -239,3 +284,4 @@ def test_parallel_tail_benchmark_trains_what_the_serial_tail_trains():
     # the rounding of 3 AdamW steps rather than demand 0; a tensor summed or updated wrongly moves by ~1e-3.
     assert res["max_param_diff"] <= 1e-5
     _assert_usage_error("parallel_tail.py", "--rounds", "0")
+

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ._jit import fexp, kernel, rowmax
+from ._jit import fexp, kernel, rescale, rowmax
 from .impl import dispatch
 
 
@@ -113,9 +113,7 @@ def _causal_softmax_kernel(att, scale):
                 e = fexp(row[s] * scale - mx)
                 row[s] = e
                 tot += e
-            inv = one / tot
-            for s in range(t + 1):
-                row[s] *= inv
+            rescale(row, t + 1, one / tot)                  # row /= tot, as a multiply (see _jit.rescale)
             for s in range(t + 1, T):
                 row[s] = zero
 

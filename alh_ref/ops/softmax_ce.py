@@ -8,7 +8,7 @@ or the other, by ``alh_ref.ops.current()``. Derivation: docs/ops/softmax_ce.md.
 import numpy as np
 
 from ..errors import RunError
-from ._jit import fexp, kernel, rowmax
+from ._jit import fexp, kernel, rescale, rowmax
 from .impl import dispatch
 
 
@@ -107,9 +107,7 @@ def _softmax_ce_forward_kernel(logits, targets, w, probs, nll):
             e = fexp(z[j] - mx)
             p[j] = e
             tot += e
-        inv = one / tot
-        for j in range(V):
-            p[j] *= inv
+        rescale(p, V, one / tot)                            # p /= tot, as a multiply (see _jit.rescale)
         nll[i] = w[i] * (np.log(np.float64(tot)) - np.float64(z[targets[i]] - mx))
 
 

@@ -123,12 +123,12 @@ def no_clip_constant():
         yield
 
 
-def adamw_eps_inside_sqrt(p, g_, m, v, lr, b1, b2, eps, wd, bc1, bc2, gscale):
+def adamw_eps_inside_sqrt(p, g_, m, v, lr, b1, b2, eps, wd, inv_bc1, inv_sqrt_bc2, gscale):
     """The AdamW kernel's update with eps moved inside the square root: sqrt(v_hat + eps)."""
     gi = g_ * gscale
     m[:] = b1 * m + (1.0 - b1) * gi
     v[:] = b2 * v + (1.0 - b2) * gi * gi
-    p[:] = p - lr * ((m / bc1) / np.sqrt(v / bc2 + eps) + wd * p)
+    p[:] = p - lr * ((m * inv_bc1) / np.sqrt(v * inv_sqrt_bc2**2 + eps) + wd * p)
 
 
 def train_opt(**fields):

@@ -123,7 +123,7 @@ def test_parallel_is_reproducible():
         np.testing.assert_array_equal(a[1][name], b[1][name])
 
 
-def test_the_wrapped_function_s_gradients_are_not_written():
+def test_micro_batch_gradients_are_read_never_written():
     """The micro-batch gradients are read, never written: what the wrapped function returned stays as it was."""
     returned = []
 
@@ -152,19 +152,19 @@ def test_reduce_weighted_is_the_weighted_sum():
         assert_ulp_close(grads[n], sum(w * gk[n] for w, (_, gk) in zip(weights, results)), 4, n)
 
 
-def test_blas_limit_sets_and_restores_the_thread_count():
-    """NumPy's BLAS (the one every matmul of the step calls) runs on n threads inside the block, as before after it."""
+def test_blas_limit_sets_and_restores_the_thread_count(monkeypatch):
+    """Every BLAS library loaded runs on 1 thread inside blas_limit(1) and on its own count again after it."""
     from threadpoolctl import threadpool_info
 
+    import alh_ref.parallel as parallel
+    monkeypatch.setattr(parallel, "_controller", None)   # found afresh: every library loaded by now
+
     def counts():
-        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
     before = counts()
-    assert before
+    assert before, "NumPy's BLAS should be among the loaded libraries"
     with blas_limit(1):
-        assert all(c == 1 for c in counts())
-        with blas_limit(2):
-            assert all(c == 2 for c in counts())
-        assert all(c == 1 for c in counts())
+        assert counts() == [1] * len(before)
     assert counts() == before
 
 
@@ -284,4 +284,3 @@ def test_parallel_tail_benchmark_trains_what_the_serial_tail_trains():
     # the rounding of 3 AdamW steps rather than demand 0; a tensor summed or updated wrongly moves by ~1e-3.
     assert res["max_param_diff"] <= 1e-5
     _assert_usage_error("parallel_tail.py", "--rounds", "0")
-

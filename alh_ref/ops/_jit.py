@@ -14,8 +14,9 @@ every kernel still runs (slowly) and can be stepped through in a debugger. Kerne
 ``parallel=True``): on 2 cores the BLAS pool already uses both, and two thread pools spinning
 against each other cost more than they give.
 
-Caveat: Numba's cache tracks only a kernel's own source file. After editing :func:`fexp` below,
-delete ``alh_ref/ops/__pycache__/*.nbi`` and ``*.nbc`` so the kernels that call it are rebuilt.
+Caveat: Numba's cache tracks only a kernel's own source file. After editing :func:`fexp`,
+:func:`rowmax` or :func:`rescale` below, delete ``alh_ref/ops/__pycache__/*.nbi`` and ``*.nbc`` so
+the kernels that call them are rebuilt.
 """
 import numpy as np
 from llvmlite import ir
@@ -139,4 +140,3 @@ def rescale(x, n, c):
     """In place: x[j] <- x[j] * c for j < n, for a 1-D array x (a multiply, never folded into a division)."""
     for j in range(n):
         x[j] *= c
-

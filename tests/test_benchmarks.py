@@ -1,4 +1,4 @@
-"""benchmarks/gemm_shapes.py (the model's matmul shapes under NumPy and torch) and compare_torch.py's steal share."""
+"""benchmarks/gemm_shapes.py (the model's matmul shapes under NumPy and torch), compare_torch.py's steal share and kernels.py."""
 import importlib.util
 import json
 import subprocess
@@ -72,3 +72,19 @@ def test_compare_torch_retries_a_run_only_for_steal_over_the_limit(monkeypatch, 
     monkeypatch.setattr(ct, "run_json", lambda cmd, timeout: {"steal_pct": next(it)})
     out = ct.timed_run(["x"], argparse.Namespace(retry_steal=retry, wait_idle=0, timeout=1))
     assert (out["steal_pct"], out["steal_retries"], out["started_idle"]) == (used, retries, True)
+
+
+def test_kernels_benchmark_times_every_kernel_of_this_checkout():
+    """benchmarks/kernels.py prints one positive best time per kernel and names the alh_ref it imported
+    (this checkout by default); a bad count or checkout is a one-line usage error with exit 2."""
+    script = SCRIPT.parent / "kernels.py"
+    out = subprocess.run([sys.executable, str(script), "--repeat", "1", "--calls", "1"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["bench"] == "kernels" and len(res["us"]) == 10 and all(v > 0 for v in res["us"].values())
+    assert {"softmax_ce_forward", "adamw_update (all parameters as one array)"} <= set(res["us"])
+    assert Path(res["alh_ref"]) == SCRIPT.parents[1] / "alh_ref"
+    for args, msg in ((["--calls", "0"], "expected positive integers"), (["--checkout", "/nonexistent"], "expected a checkout")):
+        bad = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and msg in bad.stderr and "Traceback" not in bad.stderr

@@ -139,6 +139,20 @@ def test_attention_parity(d, dtype, seed):
     close(attention_backward_fast(dout, cache), attention_backward_ref(dout, cache_r), dtype)
 
 
+@given(dims(), dtypes, seeds)
+@example({"B": 2, "T": 9, "NH": 3, "hs": 4, "C": 12}, np.float32, 3)
+def test_attention_fast_backward_takes_either_cache(d, dtype, seed):
+    """The fast forward caches a query-major view of its key-major buffer; the reference caches a
+    contiguous query-major att. The fast backward gives the same gradients from either."""
+    B, T, NH, C = d["B"], d["T"], d["NH"], d["C"]
+    qkv = float_array(seed, (B, T, 3 * C), dtype, scale=2.0)           # (B,T,3C)
+    dout = float_array(seed + 1, (B, T, C), dtype)                     # (B,T,C)
+    _, cache = attention_forward_fast(qkv, NH)
+    _, cache_r = attention_forward_ref(qkv, NH)
+    assert cache_r[1].flags.c_contiguous
+    close(attention_backward_fast(dout, cache_r), attention_backward_fast(dout, cache), dtype)
+
+
 @given(st.integers(1, 30), st.integers(1, 13), dtypes, seeds, st.floats(0.1, 3.0), st.booleans())
 def test_softmax_ce_parity(N, V, dtype, seed, dloss, use_ignore):
     rng = np.random.default_rng(seed)

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ._jit import fexp, kernel, rescale, rowmax
+from ._jit import fexp, kernel
 from .impl import dispatch
 
 
@@ -88,76 +88,90 @@ def attention_backward_ref(dout, cache):
 # ----------------------------------------------------------------------------------------------
 # Fast path: the T x T products per head are batched BLAS matmuls (np.matmul over (B,NH) on
 # strided views of qkv, dqkv and out: no copies), and Numba kernels do what BLAS cannot, the causal
-# softmax and its backward, one row at a time. The products cover the causal blocks below (3/4 of
-# the square; BLAS is ~5x faster than a loop that skips exactly the masked half); the kernels write
-# exact zeros above the diagonal, so nothing masked leaks into att, dq or dk.
+# softmax and its backward. The score matrices are stored key-major, P[m, s, t] = att[m, t, s]:
+# the softmax over the keys s of a query t is then a column, and the kernels update T-long vectors
+# (one max, sum or dot product per query) row after row, elementwise, where a query-major kernel
+# reduces T short rows of varying length (about 1.5x slower here, docs/ops/attention.md). Every
+# kernel loop runs over whole rows (a fixed trip count T, which vectorises with no scalar tail)
+# and selects the masked entries away. The cache holds att = P.swapaxes(-1, -2), the query-major
+# view the reference returns; BLAS reads either orientation.
 
 @kernel
-def _causal_softmax_kernel(att, scale):
-    """In place: att[m,t,:] <- softmax over s <= t of scale * att[m,t,s]; 0 for s > t.
+def _causal_softmax_kernel(P, scale):
+    """In place, key-major: P[m,:,t] <- softmax over s <= t of scale * P[m,s,t]; 0 for s > t.
 
     Parameters
     ----------
-    att : ndarray (M, T, T), float32 or float64   raw scores q_t . k_s in, probabilities out
-    scale : scalar of att's dtype                 1 / sqrt(hs)
+    P : ndarray (M, T, T), float32 or float64   raw scores k_s . q_t in, probabilities out (P[m,s,t] = att[m,t,s])
+    scale : scalar of P's dtype                 1 / sqrt(hs)
     """
-    M, T, _ = att.shape
-    zero = att.dtype.type(0)
-    one = att.dtype.type(1)
+    M, T, _ = P.shape
+    zero = P.dtype.type(0)
+    one = P.dtype.type(1)
+    mx = np.empty(T, dtype=P.dtype)                         # (T,) running max over s, per query t
+    tot = np.empty(T, dtype=P.dtype)                        # (T,) sum of exponentials, per query t
     for m in range(M):
         for t in range(T):
-            row = att[m, t]                                 # (T,)
-            mx = rowmax(row, t + 1) * scale                 # scale > 0: max(scale a) = scale max(a)
-            tot = zero
-            for s in range(t + 1):
-                e = fexp(row[s] * scale - mx)
-                row[s] = e
-                tot += e
-            rescale(row, t + 1, one / tot)                  # row /= tot, as a multiply (see _jit.rescale)
-            for s in range(t + 1, T):
-                row[s] = zero
+            mx[t] = P[m, 0, t]                              # key 0 is visible to every query
+        for s in range(1, T):
+            row = P[m, s]                                   # (T,) key s against every query
+            for t in range(T):                              # whole rows, the keys s > t selected away:
+                x = row[t]                                  # a fixed trip count T vectorises with no scalar tail
+                mx[t] = x if (t >= s and x > mx[t]) else mx[t]
+        for t in range(T):
+            mx[t] *= scale                                  # scale > 0: max(scale a) = scale max(a)
+            tot[t] = zero
+        for s in range(T):
+            row = P[m, s]                                   # (T,)
+            for t in range(T):
+                e = fexp(row[t] * scale - mx[t])
+                e = e if t >= s else zero                   # the exact 0 of a masked entry
+                row[t] = e
+                tot[t] += e
+        for t in range(T):
+            tot[t] = one / tot[t]                           # T divisions per matrix, then multiplies
+        for s in range(T):
+            row = P[m, s]                                   # (T,)
+            for t in range(T):
+                row[t] *= tot[t]
 
 
 @kernel
-def _causal_softmax_backward_kernel(att, datt, scale):
-    """In place: datt[m,t,s] <- scale * att (datt - sum_s' datt att) for s <= t; 0 for s > t.
+def _causal_softmax_backward_kernel(P, dP, scale):
+    """In place, key-major: dP[m,s,t] <- scale * P (dP - sum_s' P dP); 0 (or -0) for s > t, where P = 0.
 
     Parameters
     ----------
-    att : ndarray (M, T, T)    probabilities from :func:`_causal_softmax_kernel`
-    datt : ndarray (M, T, T)   dL/datt = dy v^T in; dL/d(q.k) out (the softmax and the scale inverted)
-    scale : scalar of att's dtype
+    P : ndarray (M, T, T)    probabilities from :func:`_causal_softmax_kernel` (key-major), exactly 0 for s > t
+    dP : ndarray (M, T, T)   dL/dP = (dy v^T)^T in, finite everywhere; dL/d(k.q) out (the softmax and the scale inverted)
+    scale : scalar of P's dtype
     """
-    M, T, _ = att.shape
-    zero = att.dtype.type(0)
+    M, T, _ = P.shape
+    zero = P.dtype.type(0)
+    dot = np.empty(T, dtype=P.dtype)                        # (T,) sum_s P dP, per query t
     for m in range(M):
         for t in range(T):
-            a = att[m, t]                                   # (T,)
-            d = datt[m, t]                                  # (T,)
-            dot = zero
-            for s in range(t + 1):
-                dot += a[s] * d[s]
-            for s in range(T):                              # one full-length pass, zeros selected: 1.5-1.7x faster
-                d[s] = a[s] * (d[s] - dot) * scale if s <= t else zero  # than a pass to t and a zero-fill after it
+            dot[t] = zero
+        for s in range(T):
+            p = P[m, s]                                     # (T,)
+            d = dP[m, s]                                    # (T,)
+            for t in range(T):                              # masked entries add p * d = 0 * finite = 0
+                dot[t] += p[t] * d[t]
+        for s in range(T):
+            p = P[m, s]                                     # (T,)
+            d = dP[m, s]                                    # (T,)
+            for t in range(T):
+                d[t] = p[t] * (d[t] - dot[t]) * scale
 
 
-# The six products (scores q k^T and dy v^T, att v and dpre k, att^T dy and dpre^T q) by causal
-# blocks. With h = T // 2, the rows t < h only need the columns s < h: each product is two batched
-# matmuls over 3/4 of the square instead of one over all of it. At the model's sizes (T <= 128,
-# hs <= 32) each per-head matmul of a half is also under OpenBLAS's threading threshold
-# (M N K <= 4 * 65536), so it runs on the calling thread: the B NH small calls do not each wake and
-# wait for a second BLAS thread, which on a busy 2-core machine cost 3-4x. The top-right block of a
-# score matrix is left unwritten by the matmuls and zeroed by the softmax kernels, which never read it.
-
-def _causal_scores(x, y, out):
-    """out[..., t, s] = x_t . y_s on the causal blocks (the block t < h <= s is not written).
-
-    x, y : (..., T, hs);  out : (..., T, T)
-    """
-    h = x.shape[-2] // 2
-    np.matmul(x[..., :h, :], y[..., :h, :].swapaxes(-1, -2), out=out[..., :h, :h])  # (h,hs) @ (hs,h) -> (h,h)
-    np.matmul(x[..., h:, :], y.swapaxes(-1, -2), out=out[..., h:, :])              # (T-h,hs) @ (hs,T) -> (T-h,T)
-
+# The four products att v, dpre k, att^T dy and dpre^T q by causal blocks. With h = T // 2, the
+# queries t < h only need the keys s < h: each product is two batched matmuls over 3/4 of the
+# square instead of one over all of it. At the model's sizes (T <= 128, hs <= 32) each per-head
+# matmul of a half is also under OpenBLAS's threading threshold (M N K <= 4 * 65536), so it runs on
+# the calling thread: the B NH small calls do not each wake and wait for a second BLAS thread,
+# which on a busy 2-core machine cost 3-4x. The two score products (k q^T, v dy^T) cover the whole
+# square: their masked entries are then finite, so the backward kernel can multiply them by the
+# exact zeros of P instead of selecting them away, and one matmul per head was as fast as two.
 
 def _causal_apply(a, y, out):
     """out = a @ y for a causal a (zero above the diagonal): rows t < h read only y[:h].
@@ -186,9 +200,10 @@ def attention_forward_fast(qkv, NH):
     hs = C // NH
     qkv = np.ascontiguousarray(qkv)
     q, k, v = _split_heads(qkv, NH)                         # 3 x (B,NH,T,hs) strided views
-    att = np.empty((B, NH, T, T), dtype=qkv.dtype)          # (B,NH,T,T)
-    _causal_scores(q, k, att)                               # (B,NH,T,hs) x (B,NH,T,hs) -> (B,NH,T,T) scores q.k
-    _causal_softmax_kernel(att.reshape(B * NH, T, T), qkv.dtype.type(1.0 / math.sqrt(hs)))  # in place -> att
+    P = np.empty((B, NH, T, T), dtype=qkv.dtype)            # (B,NH,T,T) key-major: P[b,h,s,t]
+    np.matmul(k, q.swapaxes(-1, -2), out=P)                 # (B,NH,T,hs) @ (B,NH,hs,T) -> (B,NH,T,T) scores k_s . q_t
+    _causal_softmax_kernel(P.reshape(B * NH, T, T), qkv.dtype.type(1.0 / math.sqrt(hs)))  # in place -> probabilities
+    att = P.swapaxes(-1, -2)                                # (B,NH,T,T) view, att[b,h,t,s] = P[b,h,s,t]
     out = np.empty((B, T, C), dtype=qkv.dtype)              # (B,T,C)
     y = out.reshape(B, T, NH, hs).transpose(0, 2, 1, 3)     # (B,T,C) viewed as (B,NH,T,hs)
     _causal_apply(att, v, y)                                # (B,NH,T,T) @ (B,NH,T,hs) -> (B,NH,T,hs), into out
@@ -206,10 +221,12 @@ def attention_backward_fast(dout, cache):
     dqkv = np.empty_like(qkv)                               # (B,T,3C), every entry written below
     dq, dk, dv = _split_heads(dqkv, NH)                     # 3 x (B,NH,T,hs) views into dqkv
     _causal_apply_t(att, dy, dv)                            # (B,NH,T,T)^T @ (B,NH,T,hs) -> dv = att^T dy
-    dpre = np.empty_like(att)                               # (B,NH,T,T)
-    _causal_scores(dy, v, dpre)                             # (B,NH,T,hs) x (B,NH,T,hs) -> datt = dy v^T
-    _causal_softmax_backward_kernel(att.reshape(B * NH, T, T), dpre.reshape(B * NH, T, T),
+    P = np.ascontiguousarray(att.swapaxes(-1, -2))          # (B,NH,T,T) key-major; no copy for the fast forward's cache
+    dP = np.empty_like(P)                                   # (B,NH,T,T) key-major
+    np.matmul(v, dy.swapaxes(-1, -2), out=dP)               # (B,NH,T,hs) @ (B,NH,hs,T) -> (B,NH,T,T) dP[s,t] = v_s . dy_t = datt[t,s]
+    _causal_softmax_backward_kernel(P.reshape(B * NH, T, T), dP.reshape(B * NH, T, T),
                                     qkv.dtype.type(1.0 / math.sqrt(hs)))  # in place: datt -> dpre / sqrt(hs)
+    dpre = dP.swapaxes(-1, -2)                              # (B,NH,T,T) view, query-major
     _causal_apply(dpre, k, dq)                              # (B,NH,T,T) @ (B,NH,T,hs) -> dq = dpre k
     _causal_apply_t(dpre, q, dk)                            # (B,NH,T,T)^T @ (B,NH,T,hs) -> dk = dpre^T q
     return dqkv

@@ -114,6 +114,9 @@ def _corpus_options(p, required=False, split="train", what="text to train on"):
 
 THREADS_HELP = ("cores the train step uses (default: all): the batch runs as that many micro-batches at once, "
                 "BLAS at one thread each; 1 = the serial step")
+WORKERS = ("threads", "processes")   # alh_ref.parallel.WORKERS, not imported: the CLI starts without NumPy (a test checks)
+WORKERS_HELP = ("what runs the micro-batches after the first: processes (forked, each with its own Python; the "
+                "default on Linux) or threads (the default elsewhere); the same result either way")
 
 
 def _training_options(p):
@@ -138,6 +141,7 @@ def _training_options(p):
                    help="continue <out>/<name> from its newest checkpoint, bit-for-bit; data, model and seed "
                         "stay as saved, optimiser options, --steps, --ckpt-every and --keep may change")
     p.add_argument("--threads", type=POS, default=None, metavar="N", help=THREADS_HELP)
+    p.add_argument("--workers", choices=WORKERS, default=None, help=WORKERS_HELP)
 
 
 def build_parser():
@@ -304,7 +308,7 @@ def cmd_pretrain(args):
     """``alh-ref pretrain``: runs.pretrain -> (summary, lines)."""
     from .runs import pretrain
     s = pretrain(args.out, args.name, resume=args.resume, progress=_progress(args), warn=_warn, threads=args.threads,
-                 **_given(args, PRETRAIN_KEYS))
+                 workers=args.workers, **_given(args, PRETRAIN_KEYS))
     return s, _train_lines(s, "pretrained")
 
 
@@ -312,7 +316,7 @@ def cmd_adapt(args):
     """``alh-ref adapt``: runs.adapt -> (summary, lines)."""
     from .runs import adapt
     s = adapt(args.out, args.name, resume=args.resume, progress=_progress(args), warn=_warn, threads=args.threads,
-              **_given(args, ADAPT_KEYS))
+              workers=args.workers, **_given(args, ADAPT_KEYS))
     return s, _train_lines(s, f"adapted ({s['method']}, {s['n_trainable']:,} trainable)")
 
 

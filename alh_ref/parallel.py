@@ -1,6 +1,7 @@
-"""Data parallelism over the CPU cores: a batch split into micro-batches that run on threads at once.
+"""Data parallelism over the CPU cores: a batch split into micro-batches that run at once.
 
-    step = DataParallel(loss_and_grads, threads=2)
+    step = DataParallel(loss_and_grads, threads=2)                                   # on threads
+    step = DataParallel(loss_and_grads, threads=2, workers="processes", state=params)  # on forked processes
     loss, grads = step(x, y)          # same contract as loss_and_grads(x, y)
 
 The wrapped function must compute the mean loss over the batch's counted target tokens, every
@@ -12,14 +13,23 @@ n_k the number of counted targets in micro-batch k (its tokens minus the ignored
     loss  = sum_k w_k loss_k,   grads = sum_k w_k grads_k,   w_k = n_k / sum_j n_j
 
 which is the same mean over all counted targets as one call on the whole batch (the sums are only
-grouped differently, so results agree to rounding). Micro-batches run on a pool of ``threads - 1``
-worker threads plus the caller's; the Numba kernels release the GIL (``nogil=True``) and so do
-NumPy's BLAS calls, so only the Python glue between kernels is serialised. While they run, BLAS is
-limited to one thread per caller (a process-wide setting of OpenBLAS/MKL, changed through
-threadpoolctl): M callers each starting a multi-threaded BLAS call would put M x threads busy
-threads on the cores. The sum is taken in micro-batch order, so a run is reproducible for a fixed
-``threads``; ``threads=1`` calls the wrapped function unchanged (the exact serial path) with BLAS
-limited to one thread.
+grouped differently, so results agree to rounding). The caller computes micro-batch 0; the others
+run on ``threads - 1`` workers:
+
+* ``workers="threads"`` (the default here): a pool of threads. The Numba kernels release the GIL
+  (``nogil=True``) and so do NumPy's BLAS calls, so only the Python glue between kernels is
+  serialised: on config tiny that cost a micro-batch 16.5% on one machine (docs/performance.md).
+* ``workers="processes"`` (Linux; what ``alh-ref pretrain/adapt`` use there): forked processes,
+  each with its own interpreter and GIL (alh_ref.forked). ``state`` names the tensors that change
+  between calls (the ones the optimizer updates); they are copied into each worker before every
+  call, and anything else the function reads must not change after the first call. Each micro-batch
+  runs the same kernels on the same inputs as on a thread, so the two give identical results.
+
+While they run, BLAS is limited to one thread per caller (a process-wide setting of OpenBLAS/MKL,
+changed through threadpoolctl; a worker process keeps one thread): M callers each starting a
+multi-threaded BLAS call would put M x threads busy threads on the cores. The sum is taken in
+micro-batch order, so a run is reproducible for a fixed ``threads``; ``threads=1`` calls the
+wrapped function unchanged (the exact serial path) with BLAS limited to one thread.
 
 Memory: a step allocates and frees the same activation and gradient buffers every time. With
 glibc's default settings, buffers above its mmap threshold (128 KiB, adapting upward) are handed
@@ -37,11 +47,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import forked
 from .errors import InputError
 
-__all__ = ["DataParallel", "available_cores", "blas_limit", "counted_targets", "keep_freed_memory",
-           "resolve_threads", "split_sizes"]
+__all__ = ["WORKERS", "DataParallel", "available_cores", "blas_limit", "counted_targets", "keep_freed_memory",
+           "resolve_threads", "resolve_workers", "split_sizes"]
 
+WORKERS = ("threads", "processes")                  # what runs the micro-batches after the caller's first
 _controller = None
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3        # glibc's mallopt parameter numbers (malloc.h)
 _MMAP_THRESHOLD_MAX = 32 << 20                       # glibc's upper limit on 64-bit: 4 MiB * sizeof(long)
@@ -85,6 +97,15 @@ def resolve_threads(threads):
     return int(threads)
 
 
+def resolve_workers(workers):
+    """``workers`` as one of WORKERS: None means processes where they can be forked (Linux), else threads."""
+    if workers is None:
+        return "processes" if forked.available() else "threads"
+    if workers not in WORKERS:
+        raise InputError(f"workers={workers!r}; expected one of {', '.join(WORKERS)}")
+    return workers
+
+
 def blas_limit(n):
     """Context manager: BLAS (OpenBLAS / MKL / BLIS) runs on at most ``n`` threads inside the block.
 
@@ -119,18 +140,31 @@ class DataParallel:
         ``dom`` (B,)) is split with the batch; other arguments are passed to every call unchanged;
         ``ignore`` (when given) is split too and sets the weights. The function must return fresh
         gradient arrays (they are read, never written, here).
-    threads : int or None   threads to use (None: all available cores); 1: the serial path
+    threads : int or None   cores to use (None: all available cores); 1: the serial path
     split : bool   False for a function whose sequences depend on each other (e.g. alh-shuffled): it
         is then called on the whole batch, with BLAS on ``threads`` threads
+    workers : "threads", "processes" or None (as training: processes where they can be forked)
+        what runs the micro-batches after the caller's (module docstring)
+    state : dict name -> ndarray   with processes: every tensor that changes between calls (updated in
+        place only; replacing an entry is a RunError at the next call); the gradients must be of these
 
-    Call it like ``loss_and_grads``; ``close()`` (or leaving a ``with`` block) stops the worker threads.
+    Call it like ``loss_and_grads``; ``close()`` (or leaving a ``with`` block) stops the workers (a
+    later call starts them again: processes are forked at the first call that splits).
     """
 
-    def __init__(self, loss_and_grads, threads=None, split=True):
+    def __init__(self, loss_and_grads, threads=None, split=True, workers="threads", state=None):
+        workers = resolve_workers(workers)
+        if workers == "processes" and not isinstance(state, dict):
+            raise InputError("workers='processes' needs state=, the dict of the tensors the optimizer updates")
+        if workers == "processes" and not forked.available():
+            raise InputError("workers='processes' needs os.fork on Linux; use workers='threads' here")
         self.loss_and_grads = loss_and_grads
         self.threads = resolve_threads(threads)
         self.split = split
+        self.workers = workers
+        self.state = state
         self._pool = None
+        self._procs = None
         keep_freed_memory()
 
     def __call__(self, x, y, *rest, **kwargs):
@@ -150,14 +184,32 @@ class DataParallel:
             kw = {k: cut(v, s) for k, v in kwargs.items()}
             return self.loss_and_grads(x[s], y[s], *(cut(v, s) for v in rest), **kw)
 
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="alh_ref-dp")
         with blas_limit(1):
-            futures = [self._pool.submit(run, s) for s in parts[1:]]
-            results = [run(parts[0])] + [f.result() for f in futures]           # the caller takes the first part
+            if self.workers == "processes":
+                results = self._on_processes(run, parts, cut, x, y, rest, kwargs)
+            else:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="alh_ref-dp")
+                futures = [self._pool.submit(run, s) for s in parts[1:]]
+                results = [run(parts[0])] + [f.result() for f in futures]       # the caller takes the first part
         n = [counted_targets(y[s], None if ignore is None else ignore[s]) for s in parts]
         total = max(sum(n), 1)
         return reduce_weighted(results, [nk / total for nk in n])
+
+    def _on_processes(self, run, parts, cut, x, y, rest, kwargs):
+        """The parts after the first on forked workers (alh_ref.forked), the first here; their results in order."""
+        if self._procs is None or not self._procs.workers:
+            self._procs = forked.ForkedWorkers(self.loss_and_grads, self.state, self.threads - 1)
+        self._procs.check_state(self.state)
+        self._procs.start([((x[s], y[s], *(cut(v, s) for v in rest)), {k: cut(v, s) for k, v in kwargs.items()})
+                           for s in parts[1:]])
+        try:
+            first = run(parts[0])
+            return [first] + self._procs.finish()
+        except BaseException:
+            if self._procs.pending:                # interrupted mid-call: the workers' replies are out of step
+                self.close()
+            raise
 
     def __enter__(self):
         return self
@@ -166,10 +218,13 @@ class DataParallel:
         self.close()
 
     def close(self):
-        """Stop the worker threads (a later call starts them again)."""
+        """Stop the worker threads or processes (a later call starts them again)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self._procs is not None:
+            self._procs.close()
+            self._procs = None
 
     def __del__(self):
         try:

@@ -4,8 +4,8 @@
     ALH step:   forward + backward through the frozen base (activation gradients only) and the
                 hypernetwork + AdamW over the hypernetwork
 
-Both float32, same batch, same config, and the same --threads (alh_ref.parallel: the batch as that
-many micro-batches at once, as ``alh-ref pretrain/adapt --threads N`` run it). The steps are timed
+Both float32, same batch, same config, and the same --threads and --workers (alh_ref.parallel: the
+batch as that many micro-batches at once, as ``alh-ref pretrain/adapt --threads N`` run it). The steps are timed
 alternately (A B A B ...) so machine noise hits both alike; the figure to quote is the ratio of
 medians (goal: ALH <= 1.3x base).
 
@@ -26,6 +26,8 @@ def parse_args(argv=None):
     ap.add_argument("--methods", default="alh-householder,alh-lowrank,alh-film",
                     help="comma-separated ALH methods to compare with the base step")
     ap.add_argument("--encoder", default="transformer", choices=("transformer", "mean"))
+    ap.add_argument("--workers", choices=("threads", "processes"), default=None,
+                    help="what runs the micro-batches after the first (default: as training, processes on Linux)")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.threads < 1 or args.batch_size < 1:
         ap.error("--steps, --threads and --batch-size must be >= 1")
@@ -47,18 +49,19 @@ def main(argv=None):
     from alh_ref.alh.methods import make_method
     from alh_ref.model import CONFIGS, init_params
     from alh_ref.optim import AdamW, AdamWConfig
-    from alh_ref.parallel import DataParallel
+    from alh_ref.parallel import DataParallel, resolve_workers
     from alh_ref.train import sample_batch
 
     def stepper(method):
         opt = AdamW(method.params, list(method.params), AdamWConfig(), method.decay)
-        loss_and_grads = DataParallel(method.loss_and_grads, args.threads)
+        loss_and_grads = DataParallel(method.loss_and_grads, args.threads, workers=workers, state=method.params)
 
         def step(x, y):
             _, grads = loss_and_grads(x, y)
             opt.step(method.params, grads)
         return step
 
+    workers = resolve_workers(args.workers)
     cfg = CONFIGS[args.config]
     base = init_params(cfg, seed=0, dtype=np.float32)
     rng = np.random.default_rng(0)
@@ -80,7 +83,7 @@ def main(argv=None):
     ntok = args.batch_size * cfg.block_size
     med = {k: float(np.median(v)) for k, v in times.items()}
     out = {"bench": "alh_vs_base", "config": args.config, "batch_size": args.batch_size, "steps": args.steps,
-           "threads": args.threads, "encoder": args.encoder, "alh": acfg.to_dict(),
+           "threads": args.threads, "workers": workers, "encoder": args.encoder, "alh": acfg.to_dict(),
            "ms_median": {k: round(1e3 * v, 2) for k, v in med.items()},
            "tok_s": {k: round(ntok / v, 1) for k, v in med.items()},
            "ratio_vs_base": {k: round(v / med["base"], 3) for k, v in med.items() if k != "base"},

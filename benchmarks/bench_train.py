@@ -10,9 +10,11 @@ timer sees only the step, as in the torch anchor.
 
 Usage:
   python benchmarks/bench_train.py --config tiny|small|all [--steps 50] [--warmup 3] [--threads 2] [--split on|off]
+                                   [--workers threads|processes]
 
 Prints a human-readable line per config and, last, one JSON line: for one config the same keys
-as torch_anchor.py (``train_tok_s``, ``train_ms_median``, ...) plus ``peak_rss_mb``; for
+as torch_anchor.py (``train_tok_s``, ``train_ms_median``, ...) plus ``peak_rss_mb`` (and, on worker
+processes, ``peak_rss_mb_worker``: the largest worker's, read once the step has closed them); for
 ``--config all`` a combined line ``{"bench": "alh_ref", "results": {config: {...}}}``.
 """
 import argparse
@@ -27,7 +29,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first one loads/compiles kernels)")
     p.add_argument("--threads", type=int, default=2, help="OpenBLAS / OpenMP threads (set before numpy loads)")
     p.add_argument("--split", choices=["on", "off"], default="on",
-                   help="on: the batch as --threads micro-batches on threads (the training default); off: one call")
+                   help="on: the batch as --threads micro-batches at once (the training default); off: one call")
+    p.add_argument("--workers", choices=["threads", "processes"], default=None,
+                   help="what runs the micro-batches after the first (default: as alh-ref pretrain, "
+                        "processes on Linux, threads elsewhere)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--dump-times", default=None, help="write per-step train times (ms) of the last config to this file")
     args = p.parse_args(argv)
@@ -55,10 +60,11 @@ import numpy as np  # noqa: E402
 import numba  # noqa: E402
 from alh_ref.model import CONFIGS, count_params, decayed, init_params, param_shapes  # noqa: E402
 from alh_ref.optim import AdamW, AdamWConfig  # noqa: E402
-from alh_ref.parallel import DataParallel  # noqa: E402
+from alh_ref.parallel import DataParallel, resolve_workers  # noqa: E402
 from alh_ref.train import gpt_loss_and_grads, sample_batch  # noqa: E402
 
 B = 16                     # batch size of both configs (as torch_anchor.py)
+WORKERS = resolve_workers(args.workers)
 N_BATCHES = 8              # batches drawn before timing, reused round-robin
 
 
@@ -75,9 +81,9 @@ def flops_per_token(cfg, n_nonemb):
     return spec, spec + 6 * C * V
 
 
-def peak_rss_mb():
-    """Peak resident set size of this process so far, MiB (Linux ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def peak_rss_mb(who=resource.RUSAGE_SELF):
+    """Peak resident set size of this process so far (or of its largest ended child), MiB (ru_maxrss is in KiB)."""
+    return resource.getrusage(who).ru_maxrss / 1024.0
 
 
 def blas_info():
@@ -103,7 +109,7 @@ def bench_config(name, steps, warmup, seed, dump_times=None):
     fpt_spec, fpt_head = flops_per_token(cfg, n_nonemb)
 
     loss_and_grads = DataParallel(lambda x, y: gpt_loss_and_grads(params, cfg, x, y), args.threads,
-                                  split=args.split == "on")
+                                  split=args.split == "on", workers=WORKERS, state=params)
 
     def step(i):
         x, y = batches[i % N_BATCHES]
@@ -129,7 +135,9 @@ def bench_config(name, steps, warmup, seed, dump_times=None):
     med = statistics.median(times)
     return dict(
         bench="alh_ref", config=name, V=V, T=T, C=C, L=L, H=NH, B=B,
-        numpy=np.__version__, numba=numba.__version__, threads=args.threads, split=args.split, blas=blas_info(),
+        numpy=np.__version__, numba=numba.__version__, threads=args.threads, split=args.split,
+        workers=WORKERS if args.threads > 1 and args.split == "on" else None,             # None: the serial step
+        blas=blas_info(),
         dtype="float32", params=n_params, params_nonembedding=n_nonemb,
         steps=steps, warmup=warmup,
         first_step_s=round(warm_times[0], 3),
@@ -144,6 +152,7 @@ def bench_config(name, steps, warmup, seed, dump_times=None):
         flops_per_token_incl_lmhead=fpt_head,
         train_gflops_incl_lmhead=round(fpt_head * tok / med / 1e9, 3),
         peak_rss_mb=round(peak_rss_mb(), 1),
+        peak_rss_mb_worker=round(peak_rss_mb(resource.RUSAGE_CHILDREN), 1) if WORKERS == "processes" else None,
         loss_first=round(float(losses[0]), 4), loss_last=round(float(loss), 4),
     )
 
@@ -156,8 +165,8 @@ def main():
         results[name] = r
         print(f"alh_ref {name}: median {r['train_ms_median']} ms/step (min {r['train_ms_min']}, "
               f"p10-p90 {r['train_ms_p10_p90']}), {r['train_tok_s']} tok/s, {r['train_gflops']} GFLOP/s; "
-              f"peak RSS {r['peak_rss_mb']} MiB; first step {r['first_step_s']} s; "
-              f"loss {r['loss_first']} -> {r['loss_last']}; threads {r['threads']} (pools {r['blas']})",
+              f"peak RSS {r['peak_rss_mb']} MiB (worker {r['peak_rss_mb_worker']}); first step {r['first_step_s']} s; "
+              f"loss {r['loss_first']} -> {r['loss_last']}; threads {r['threads']} on {r['workers']} (pools {r['blas']})",
               flush=True)
     if len(names) == 1:
         print(json.dumps(results[names[0]]))

@@ -3,7 +3,8 @@
 
 Each figure is the wall time of a new Python process, from spawn to exit, the median of --repeat
 runs. "first step" = import alh_ref, build the config's parameters and AdamW, draw a batch, run one
-train step (through alh_ref.parallel with --threads, as training does). With the warm cache the
+train step (through alh_ref.parallel with --threads and the default workers, as training does:
+on Linux the first step forks the worker processes). With the warm cache the
 Numba kernels load from the cache next to their sources (run once before timing, so it is warm);
 with the cold cache NUMBA_CACHE_DIR points to an empty folder, so every kernel the step uses is
 compiled, as on a fresh clone. Prints one JSON line last.
@@ -26,14 +27,15 @@ STEP = """
 import numpy as np
 from alh_ref.model import CONFIGS, decayed, init_params, param_shapes
 from alh_ref.optim import AdamW, AdamWConfig
-from alh_ref.parallel import DataParallel
+from alh_ref.parallel import DataParallel, resolve_workers
 from alh_ref.train import gpt_loss_and_grads, sample_batch
 cfg = CONFIGS[{config!r}]
 params = init_params(cfg, seed=0, dtype=np.float32)
 opt = AdamW(params, list(param_shapes(cfg)), AdamWConfig(), decayed)
 rng = np.random.default_rng(0)
 x, y = sample_batch(rng.integers(0, cfg.vocab_size, 10_000), 16, cfg.block_size, rng)
-with DataParallel(lambda x, y: gpt_loss_and_grads(params, cfg, x, y), {threads}) as step:
+with DataParallel(lambda x, y: gpt_loss_and_grads(params, cfg, x, y), {threads}, workers=resolve_workers(None),
+                  state=params) as step:
     opt.step(params, step(x, y)[1])
 """
 

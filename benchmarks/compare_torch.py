@@ -53,7 +53,10 @@ def parse_args(argv=None):
                    help="before each run, wait up to SECONDS for the CPUs to be >= 90%% idle (Linux /proc/stat); "
                         "each run records whether it started on an idle machine")
     p.add_argument("--split", choices=["on", "off"], default="on",
-                   help="passed to bench_train.py: on = micro-batches on --threads threads (default), off = one call")
+                   help="passed to bench_train.py: on = --threads micro-batches at once (default), off = one call")
+    p.add_argument("--workers", choices=["threads", "processes"], default=None,
+                   help="passed to bench_train.py and bench_alh.py: what runs the micro-batches after the first "
+                        "(default: as training, processes on Linux)")
     p.add_argument("--no-alh", action="store_true", help="skip bench_alh.py (the ALH step vs the base step)")
     p.add_argument("--retry-steal", type=float, default=None, metavar="PCT",
                    help="run a timing again (at most twice) when more than PCT%% of the CPU time was stolen "
@@ -171,11 +174,12 @@ def main():
     if not have_torch:
         print(f"TORCH SKIPPED: {torch_info}", flush=True)
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    workers = [] if args.workers is None else ["--workers", args.workers]
     load_before = os.getloadavg()
     runs = {c: {"alh_ref": [], "torch": [], "alh": []} for c in configs}
     for r in range(args.rounds):
         for c in configs:
-            a = timed_run([sys.executable, str(HERE / "bench_train.py"), "--config", c, *common, "--split", args.split],
+            a = timed_run([sys.executable, str(HERE / "bench_train.py"), "--config", c, *common, "--split", args.split, *workers],
                           args)
             runs[c]["alh_ref"].append(a)
             line = f"round {r + 1}/{args.rounds} {c:5s}  alh_ref {a['train_tok_s']:>9.1f} tok/s ({a['train_ms_median']:.2f} ms)"
@@ -186,7 +190,7 @@ def main():
                          f"  ratio {a['train_tok_s'] / b['train_tok_s']:.2f}")
             if not args.no_alh:
                 h = timed_run([sys.executable, str(HERE / "bench_alh.py"), "--config", c, "--steps", str(args.steps),
-                               "--threads", str(args.threads)], args)
+                               "--threads", str(args.threads), *workers], args)
                 runs[c]["alh"].append(h)
                 line += "  ALH/base " + " ".join(f"{k.removeprefix('alh-')} {v:.2f}" for k, v in h["ratio_vs_base"].items())
             if args.wait_idle > 0:
@@ -208,6 +212,8 @@ def main():
             alh_ref_tok_s=round(a_med, 1),
             alh_ref_ms_median=round(statistics.median(x["train_ms_median"] for x in runs[c]["alh_ref"]), 3),
             alh_ref_peak_rss_mb=max(x["peak_rss_mb"] for x in runs[c]["alh_ref"]),
+            alh_ref_peak_rss_mb_worker=max((x.get("peak_rss_mb_worker") or 0) for x in runs[c]["alh_ref"]) or None,
+            alh_ref_workers=runs[c]["alh_ref"][0].get("workers"),
             torch_tok_s=None if b_med is None else round(b_med, 1),
             torch_ms_median=None if not b_tok else round(statistics.median(x["train_ms_median"] for x in runs[c]["torch"]), 3),
             ratio=None if b_med is None else round(a_med / b_med, 3),

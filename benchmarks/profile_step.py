@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Where the train step's time goes: CPU time per kind of op, summed over the threads that ran it.
 
-Wraps the functions alh_ref.model calls (the ops, the head), the AdamW step and the micro-batch
+The micro-batches run on threads (DataParallel's workers="threads"), so the per-thread timers of one
+process see all of them; on worker processes the same work runs. Wraps the functions alh_ref.model calls (the ops, the head), the AdamW step and the micro-batch
 reduction (alh_ref.parallel) with ``time.thread_time`` timers -- per-thread CPU time, so the split
 is robust to other load and adds up the work of every worker -- then runs ``--steps`` train steps
 of the base model (float32, B = 16, as bench_train.py). Prints a table and one JSON line last:

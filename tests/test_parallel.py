@@ -77,13 +77,19 @@ def test_micro_batch_with_no_counted_target():
         _assert_same(step(x, y, ignore=ignore), f(x, y, ignore=ignore))
 
 
-def test_alh_method_parallel_equals_serial():
-    """The ALH step (householder, both sites, transformer encoder) splits like the base one."""
+def _alh_method():
+    """alh-householder (both sites, transformer encoder) on a float64 base, off its identity-at-init point."""
     base = init_params(CFG, seed=7, dtype=np.float64)
     m = make_method("alh-householder", base, CFG, ALHConfig(D=8, n_head=2), seed=8)
     rng = np.random.default_rng(14)
-    for a in m.params.values():                   # off the identity-at-init point: every gradient non-zero
+    for a in m.params.values():                   # every gradient non-zero
         a += 0.1 * rng.standard_normal(a.shape)
+    return m
+
+
+def test_alh_method_parallel_equals_serial():
+    """The ALH step (householder, both sites, transformer encoder) splits like the base one."""
+    m = _alh_method()
     x, y = _batch(6, seed=9)
     with DataParallel(m.loss_and_grads, 2) as step:
         _assert_same(step(x, y), m.loss_and_grads(x, y))
@@ -258,16 +264,16 @@ def test_contention_benchmark_reports_the_three_settings():
 
 
 def test_process_split_benchmark_matches_the_thread_split():
-    """benchmarks/process_split.py (the split on a forked process, parameters in shared memory) trains the
-    same parameters as DataParallel's threads; a bad count is a one-line usage error with exit 2."""
-    import os
-    if not hasattr(os, "fork"):
-        pytest.skip("no os.fork on this platform: the benchmark's process variant needs it")
+    """benchmarks/process_split.py (DataParallel on worker processes against worker threads) trains the
+    same parameters both ways; a bad count is a one-line usage error with exit 2."""
+    import sys
+    if not sys.platform.startswith("linux"):
+        pytest.skip("worker processes need os.fork on Linux")
     res = _bench_json("process_split.py", "--config", "tiny", "--rounds", "2", "--steps", "1")
     assert res["bench"] == "process_split" and len(res["per_round"]) == 2
     assert res["threads_ms_median"] > 0 and res["processes_ms_median"] > 0
-    # Same kernels on the same inputs, summed in the same order (exact on the machines measured); the
-    # processes' arrays sit at other addresses, so allow rounding of 3 AdamW steps rather than demand 0.
+    # Same kernels on the same inputs, summed in the same order (exact on the machines measured); a
+    # worker's arrays sit at other addresses, so allow rounding of 3 AdamW steps rather than demand 0.
     assert res["max_param_diff"] <= 1e-5
     _assert_usage_error("process_split.py", "--steps", "0")
 

@@ -19,7 +19,7 @@ from ..checkpoint import RESERVED_KEYS
 from ..errors import InputError
 from ..model import CONFIGS, GPTConfig, decayed, init_params, param_shapes
 from ..optim import AdamW
-from ..parallel import DataParallel, resolve_threads
+from ..parallel import DataParallel, resolve_threads, resolve_workers
 from ..tokenizer import META_FILE, train_bpe
 from ..train import gpt_loss_and_grads
 from .data import (
@@ -68,8 +68,8 @@ from .options import (
 SAVE_KEYS = ("step", "opt_t", "rng", "adamw_config")          # manifest keys written at every save
 
 
-def pretrain(out="runs", name="base", *, resume=False, progress=False, warn=None, threads=None, backend=None,
-             **given) -> dict:
+def pretrain(out="runs", name="base", *, resume=False, progress=False, warn=None, threads=None, workers=None,
+             backend=None, **given) -> dict:
     """Pretrain a base GPT on a corpus (or resume it), with periodic checkpoints in ``out/name``.
 
     Parameters
@@ -81,7 +81,9 @@ def pretrain(out="runs", name="base", *, resume=False, progress=False, warn=None
     threads : int or None   cores the train step uses (None: all): the batch is split into that many
         micro-batches run at once (alh_ref.parallel); 1 is the serial step. Not part of the run's
         identity (a resumed session may use another count; the sums then round differently).
-    backend : None (``NumpyBackend(threads)``) or another backend with the same members (alh_ref.torch.runs)
+    workers : "threads", "processes" or None (processes where they can be forked: Linux; else threads)
+        what runs the micro-batches after the first (alh_ref.parallel); the same maths either way
+    backend : None (``NumpyBackend(threads, workers)``) or another backend with the same members (alh_ref.torch.runs)
     **given : the options given (alh_ref.runs.options; left out or None: not given)
         corpus (required for a new run), corpus_opts, errors, tokenizer, the PretrainSpec fields
         (split, vocab_size, config, block_size, n_layer, n_head, n_embd, batch_size, seed), the
@@ -94,17 +96,18 @@ def pretrain(out="runs", name="base", *, resume=False, progress=False, warn=None
         tokens_per_s, n_params, memory, warnings, kept, tokenizer_sha256, corpus_fingerprint, ...
     """
     check_known(given, PretrainSpec)
-    return _job("pretrain", run_path(out, name), out, resume, progress, warn, given, backend or NumpyBackend(threads))
+    return _job("pretrain", run_path(out, name), out, resume, progress, warn, given,
+                backend or NumpyBackend(threads, workers))
 
 
-def adapt(out="runs", name=None, *, resume=False, progress=False, warn=None, threads=None, backend=None,
-          **given) -> dict:
+def adapt(out="runs", name=None, *, resume=False, progress=False, warn=None, threads=None, workers=None,
+          backend=None, **given) -> dict:
     """Adapt a pretrained base to a new corpus with a method (alh-<family> or a baseline), or resume.
 
     Parameters
     ----------
     out, name : run root and run name (default ``adapt-<method>``)
-    resume, progress, warn, threads, backend : as for :func:`pretrain`
+    resume, progress, warn, threads, workers, backend : as for :func:`pretrain`
     **given : base (a pretrain run name/folder or checkpoint; required for a new run), method
         (alh_ref.alh.methods.METHODS; required), corpus, corpus_opts, errors, tokenizer (default:
         the base run's; must be the same), the AdaptSpec fields, Schedule and Optim fields.
@@ -118,7 +121,8 @@ def adapt(out="runs", name=None, *, resume=False, progress=False, warn=None, thr
         if given.get("method") is None:
             raise InputError("adapt needs --method (or --name of the run to resume)")
         name = f"adapt-{given['method']}"
-    return _job("adapt", run_path(out, name), out, resume, progress, warn, given, backend or NumpyBackend(threads))
+    return _job("adapt", run_path(out, name), out, resume, progress, warn, given,
+                backend or NumpyBackend(threads, workers))
 
 
 @dataclass
@@ -134,7 +138,8 @@ class Trainable:
 
 
 class NumpyBackend:
-    """How a job trains with NumPy: alh_ref.alh.methods, alh_ref.optim.AdamW, the step on ``threads`` cores.
+    """How a job trains with NumPy: alh_ref.alh.methods, alh_ref.optim.AdamW, the step on ``threads`` cores
+    (its micro-batches after the first on ``workers``: threads or forked processes, alh_ref.parallel).
 
     A backend has: ``writer`` (this process writes the run folder), ``init_dtype`` (of a new base's
     init_params), ``make_method`` (as alh_ref.alh.methods.make_method), ``base(params, cfg, acfg,
@@ -145,8 +150,9 @@ class NumpyBackend:
     writer, init_dtype = True, np.float32
     make_method = staticmethod(make_method)
 
-    def __init__(self, threads=None):
+    def __init__(self, threads=None, workers=None):
         self.threads = resolve_threads(threads)
+        self.workers = resolve_workers(workers)
 
     def base(self, params, cfg, acfg, spec):
         n = int(sum(a.size for a in params.values()))
@@ -165,7 +171,8 @@ class NumpyBackend:
     def run(self, rd, job, setup, progress, notes):
         split = setup.info.get("method") != "alh-shuffled"          # its contexts come from other sequences of the batch
         setup.info["threads"] = self.threads
-        with DataParallel(setup.loss_and_grads, self.threads, split) as step:
+        setup.info["workers"] = self.workers if self.threads > 1 and split else None   # None: one call, no workers
+        with DataParallel(setup.loss_and_grads, self.threads, split, self.workers, setup.params) as step:
             setup.loss_and_grads = step
             return fit(rd, job, setup, progress, notes)
 

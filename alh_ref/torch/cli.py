@@ -11,7 +11,7 @@ import sys
 from ..cli import (ADAPT_KEYS, DEBUG_ENV, POS, PRETRAIN_KEYS, _corpus_opts, _fail, _given, _print_json, _progress,
                    _train_lines, _warn)
 from ..cli import build_parser as alh_ref_parser
-from ..errors import ALHRefError
+from ..errors import ALHRefError, InputError
 
 
 def _backend(p):
@@ -50,6 +50,8 @@ def build_parser():
         for a in p._actions:
             if a.dest == "threads":
                 a.help = "torch threads (torch.set_num_threads; default: torch's own)"
+            elif a.dest == "workers":
+                a.help = "(the NumPy backend's; refused here: torch runs its processes under torchrun)"
         _backend(p)
     return top
 
@@ -64,6 +66,9 @@ def _run(args):
         from .bench import bench
         med, lines = bench(args.config, args.rounds, args.steps, args.threads)
         return 0, {f"{b}/{n}": v for (b, n), v in med.items()}, lines
+    if getattr(args, "workers", None) is not None:
+        raise InputError("--workers is an option of the NumPy backend (alh-ref); the torch backend runs "
+                         "several processes under torchrun instead")
     from . import runs
     backend = f"(torch, {args.device}, {args.dtype}"
     if args.command == "eval":

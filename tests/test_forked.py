@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from alh_ref import cli, forked, parallel
+from alh_ref.alh import ALHConfig
+from alh_ref.alh.methods import METHODS, make_method
 from alh_ref.errors import InputError, RunError
 from alh_ref.model import decayed, init_params, param_shapes
 from alh_ref.optim import AdamW, AdamWConfig
@@ -222,3 +224,17 @@ def test_the_torch_command_line_refuses_workers(capsys):
     assert main(["pretrain", "--corpus", "synthetic", "--workers", "threads"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--workers is an option of the NumPy backend" in err[0]
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m != "alh-shuffled"])   # alh-shuffled is never split
+def test_every_method_trains_alike_on_processes(name):
+    """Every method's state is its trained tensors (what adapt's AdamW updates): processes reproduce threads."""
+    base = init_params(CFG, seed=11, dtype=np.float64)
+    m = make_method(name, base, CFG, ALHConfig(D=8, n_head=2), seed=12)
+    rng = np.random.default_rng(13)
+    for a in m.params.values():                   # off the init point (lora's zero a, the identity transforms)
+        a += 0.05 * rng.standard_normal(a.shape)
+    x, y = _batch(4, seed=14)
+    with DataParallel(m.loss_and_grads, 2) as thr, \
+            DataParallel(m.loss_and_grads, 2, workers="processes", state=m.params) as proc:
+        _assert_same(proc(x, y), thr(x, y))

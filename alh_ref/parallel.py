@@ -180,13 +180,17 @@ class DataParallel:
         def cut(v, s):
             return v[s] if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == B else v
 
+        def call_of(s):
+            """(args, kwargs) of micro-batch ``s``: every (B, ...) array cut along B, the rest as given."""
+            return (x[s], y[s], *(cut(v, s) for v in rest)), {k: cut(v, s) for k, v in kwargs.items()}
+
         def run(s):
-            kw = {k: cut(v, s) for k, v in kwargs.items()}
-            return self.loss_and_grads(x[s], y[s], *(cut(v, s) for v in rest), **kw)
+            args, kw = call_of(s)
+            return self.loss_and_grads(*args, **kw)
 
         with blas_limit(1):
             if self.workers == "processes":
-                results = self._on_processes(run, parts, cut, x, y, rest, kwargs)
+                results = self._on_processes(run, parts, call_of)
             else:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(max_workers=self.threads - 1, thread_name_prefix="alh_ref-dp")
@@ -196,13 +200,12 @@ class DataParallel:
         total = max(sum(n), 1)
         return reduce_weighted(results, [nk / total for nk in n])
 
-    def _on_processes(self, run, parts, cut, x, y, rest, kwargs):
+    def _on_processes(self, run, parts, call_of):
         """The parts after the first on forked workers (alh_ref.forked), the first here; their results in order."""
         if self._procs is None or not self._procs.workers:
             self._procs = forked.ForkedWorkers(self.loss_and_grads, self.state, self.threads - 1)
         self._procs.check_state(self.state)
-        self._procs.start([((x[s], y[s], *(cut(v, s) for v in rest)), {k: cut(v, s) for k, v in kwargs.items()})
-                           for s in parts[1:]])
+        self._procs.start([call_of(s) for s in parts[1:]])
         try:
             first = run(parts[0])
             return [first] + self._procs.finish()
